@@ -1,0 +1,7 @@
+"""fastlenet: LeNet-5 for MNIST from scratch in NumPy and Numba.
+
+`fastlenet.reference` holds the per-pixel loop layers (the oracle),
+`fastlenet.layers` the fast ones with the same interface.
+"""
+
+__version__ = "0.1.0"

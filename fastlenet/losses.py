@@ -1,0 +1,40 @@
+"""Softmax cross-entropy, fused: the gradient of the pair is (softmax - onehot) / N."""
+
+import numpy as np
+
+
+class SoftmaxCrossEntropy:
+    """forward(logits (N, K), labels (N,) ints) -> mean loss; backward() -> dlogits (N, K)."""
+
+    def __init__(self):
+        self._probs = None
+
+    def forward(self, logits, labels):
+        if not isinstance(logits, np.ndarray) or logits.dtype not in (np.float32, np.float64):
+            raise TypeError(f"SoftmaxCrossEntropy: logits must be a float32/float64 array, got "
+                            f"{getattr(logits, 'dtype', type(logits).__name__)}")
+        labels = np.asarray(labels)
+        if logits.ndim != 2 or labels.shape != (logits.shape[0],):
+            raise ValueError(f"SoftmaxCrossEntropy: expected logits (N, K) and labels (N,), got "
+                             f"{logits.shape} and {labels.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"SoftmaxCrossEntropy: labels must be integers, got {labels.dtype}")
+        n, k = logits.shape
+        if n and (labels.min() < 0 or labels.max() >= k):
+            raise ValueError(f"SoftmaxCrossEntropy: labels must lie in [0, {k}), got {labels.min()}..{labels.max()}")
+        # log-sum-exp around the row maximum: exp never overflows, log never sees 0
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        log_probs = shifted - log_norm
+        self._probs = np.exp(log_probs)
+        self._labels = labels
+        return float(-log_probs[np.arange(n), labels].mean())
+
+    def backward(self):
+        if self._probs is None:
+            raise RuntimeError("SoftmaxCrossEntropy: backward called before forward")
+        n = self._probs.shape[0]
+        dlogits = self._probs.copy()
+        dlogits[np.arange(n), self._labels] -= 1
+        dlogits /= n
+        return dlogits

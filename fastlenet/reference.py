@@ -1,0 +1,100 @@
+"""Reference layers: the textbook per-output-pixel loops of the spec.
+
+Slow on purpose and written to be read: every output pixel is one window of
+the (padded) input combined with the weights. These are the oracle the fast
+layers are tested against and the baseline their speed is measured from.
+"""
+
+import numpy as np
+
+from .core import ConvSpec, Flatten, Layer, LinearSpec, PoolSpec
+
+__all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten"]
+
+
+def _windows(out_h, out_w, kernel, stride):
+    """Yields (i, j, rows, cols): output pixel (i, j) and the slices of its input window."""
+    (kh, kw), (sh, sw) = kernel, stride
+    for i in range(out_h):
+        for j in range(out_w):
+            yield i, j, slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw)
+
+
+class Conv2D(ConvSpec):
+    def forward(self, x):
+        n, f, oh, ow = self._start_forward(x)
+        ph, pw = self.padding
+        self._x_pad = x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        w = self.weight.value
+        y = np.empty((n, f, oh, ow), x.dtype)
+        for i, j, rows, cols in _windows(oh, ow, self.kernel_size, self.stride):
+            window = x_pad[:, :, rows, cols]  # (N, C, kh, kw)
+            y[:, :, i, j] = np.einsum("nckl,fckl->nf", window, w)
+        y += self.bias.value[:, None, None]
+        return y
+
+    def backward(self, dy):
+        self._check_grad(dy)
+        x_pad, w = self._x_pad, self.weight.value
+        dx_pad = np.zeros_like(x_pad)
+        dw = np.zeros_like(w)
+        for i, j, rows, cols in _windows(*dy.shape[2:], self.kernel_size, self.stride):
+            g = dy[:, :, i, j]  # (N, F)
+            dx_pad[:, :, rows, cols] += np.einsum("nf,fckl->nckl", g, w)
+            dw += np.einsum("nf,nckl->fckl", g, x_pad[:, :, rows, cols])
+        self.weight.grad[...] = dw
+        self.bias.grad[...] = dy.sum(axis=(0, 2, 3))
+        if not self.input_grad:
+            return None
+        ph, pw = self.padding
+        h, w_ = x_pad.shape[2] - 2 * ph, x_pad.shape[3] - 2 * pw
+        return dx_pad[:, :, ph:ph + h, pw:pw + w_]
+
+
+class MaxPool2D(PoolSpec):
+    def forward(self, x):
+        n, c, oh, ow = self._start_forward(x)
+        self._x = x
+        kh, kw = self.kernel_size
+        y = np.empty((n, c, oh, ow), x.dtype)
+        for i, j, rows, cols in _windows(oh, ow, self.kernel_size, self.stride):
+            y[:, :, i, j] = x[:, :, rows, cols].reshape(n, c, kh * kw).max(axis=2)
+        return y
+
+    def backward(self, dy):
+        self._check_grad(dy)
+        x = self._x
+        n, c = x.shape[:2]
+        kh, kw = self.kernel_size
+        dx = np.zeros_like(x)
+        for i, j, rows, cols in _windows(*dy.shape[2:], self.kernel_size, self.stride):
+            window = x[:, :, rows, cols].reshape(n, c, kh * kw)
+            # argmax picks the first maximum: ties send the whole gradient to one input
+            first_max = window.argmax(axis=2)[..., None] == np.arange(kh * kw)  # (N, C, kh*kw)
+            dx[:, :, rows, cols] += (first_max * dy[:, :, i, j, None]).reshape(n, c, kh, kw)
+        return dx
+
+
+class ReLU(Layer):
+    def forward(self, x):
+        self._check_float(x)
+        self._record(x.shape, x.dtype)
+        self._x = x
+        return np.maximum(x, 0)
+
+    def backward(self, dy):
+        self._check_grad(dy)
+        return dy * (self._x > 0)
+
+
+class Linear(LinearSpec):
+    def forward(self, x):
+        self._start_forward(x)
+        self._x = x
+        return x @ self.weight.value.T + self.bias.value
+
+    def backward(self, dy):
+        self._check_grad(dy)
+        self.weight.grad[...] = dy.T @ self._x
+        self.bias.grad[...] = dy.sum(axis=0)
+        return dy @ self.weight.value if self.input_grad else None

@@ -1,0 +1,11 @@
+"""Numba kernels of the fast layers: small pure functions of arrays.
+
+Installed as `fastlenet.kernels`. Every parallel loop is partitioned so that
+each output element has exactly one writer, so results do not depend on the
+Numba thread count.
+"""
+
+from .col2im import col2im
+from .pool import maxpool_backward, maxpool_forward
+
+__all__ = ["col2im", "maxpool_forward", "maxpool_backward"]

@@ -1,0 +1,44 @@
+"""The Numba kernels against plain NumPy, compiled and as the Python they are
+written in (`.py_func`), so the kernel logic is covered line by line too.
+CI runs this file once more with NUMBA_DISABLE_JIT=1."""
+
+import numpy as np
+import pytest
+
+from fastlenet.kernels import col2im, maxpool_backward, maxpool_forward
+
+
+def compiled_and_python(kernel):
+    return [pytest.param(kernel, id="jit"), pytest.param(getattr(kernel, "py_func", kernel), id="python")]
+
+
+@pytest.mark.parametrize("kernel", compiled_and_python(col2im))
+@pytest.mark.parametrize("kernel_size, stride", [(3, 1), (2, 2), (3, 2), (1, 1)])
+def test_col2im_sums_every_window(kernel, kernel_size, stride):
+    rng = np.random.default_rng(0)
+    n, c, oh, ow, k = 2, 3, 4, 5, kernel_size
+    cols = rng.standard_normal((n, oh, ow, c, k, k))
+    hp, wp = (oh - 1) * stride + k, (ow - 1) * stride + k
+    expected = np.zeros((n, c, hp, wp))
+    for i in range(oh):
+        for j in range(ow):
+            expected[:, :, i * stride:i * stride + k, j * stride:j * stride + k] += cols[:, i, j]
+    out = np.full((n, c, hp, wp), np.nan)  # must be overwritten, not accumulated into
+    kernel(cols, stride, stride, out)
+    np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("forward", compiled_and_python(maxpool_forward))
+@pytest.mark.parametrize("backward", compiled_and_python(maxpool_backward))
+def test_maxpool_kernels(forward, backward):
+    x = np.array([[[[1, 5, 2, 2],
+                    [3, 0, 2, 7],
+                    [4, 4, 9, 1]]]], np.float64)
+    out = np.empty((1, 1, 2, 3))
+    argmax = np.empty((1, 1, 2, 3), np.int32)
+    forward(x, 2, 2, 1, 1, out, argmax)  # 2x2 windows, stride 1: overlapping
+    np.testing.assert_array_equal(out, [[[[5, 5, 7], [4, 9, 9]]]])
+    np.testing.assert_array_equal(argmax, [[[[1, 1, 7], [8, 10, 10]]]])  # first max wins ties
+    dx = np.full_like(x, np.nan)
+    backward(np.ones((1, 1, 2, 3)), argmax, dx)
+    np.testing.assert_array_equal(dx, [[[[0, 2, 0, 0], [0, 0, 0, 1], [1, 0, 2, 0]]]])

@@ -1,0 +1,211 @@
+"""Every layer of both backends: gradients against central differences (float64),
+fast against reference on random shapes, dtypes, and the errors bad input gets."""
+
+import numpy as np
+import pytest
+
+from fastlenet import layers as fast
+from fastlenet import reference as ref
+from helpers import check_layer_gradients, distinct_values, rel_error
+
+BACKENDS = [pytest.param(ref, id="reference"), pytest.param(fast, id="fast")]
+
+# (batch, in_ch, out_ch, height, width, kernel, stride, padding): batch 1,
+# odd sizes, non-square images, kernels 1/3/5, strides 1/2, paddings 0/1/2
+CONV_CASES = [
+    (1, 1, 1, 5, 5, 1, 1, 0),
+    (1, 1, 2, 7, 9, 3, 1, 0),
+    (2, 3, 4, 7, 7, 3, 2, 1),
+    (3, 2, 3, 9, 6, 5, 1, 2),
+    (1, 2, 2, 11, 11, 5, 2, 2),
+    (2, 1, 6, 8, 8, 5, 1, 0),
+    (2, 3, 2, 6, 5, 1, 2, 1),
+    (1, 4, 3, 5, 7, 3, 2, 0),
+]
+# (batch, channels, height, width, kernel, stride): overlapping windows (stride < kernel),
+# windows that leave a ragged edge, batch 1
+POOL_CASES = [
+    (1, 1, 4, 4, 2, None),
+    (2, 3, 7, 9, 2, None),
+    (1, 2, 6, 6, 3, 2),
+    (3, 1, 5, 8, 3, 1),
+    (2, 2, 9, 7, 3, None),
+]
+
+
+def conv_pair(case, dtype, seed=0):
+    n, cin, cout, h, w, k, s, p = case
+    layers = [mod.Conv2D(cin, cout, k, stride=s, padding=p, dtype=dtype, rng=seed) for mod in (ref, fast)]
+    rng = np.random.default_rng(seed)
+    for layer in layers:  # non-zero bias so that it is checked too
+        layer.bias.value[...] = rng.standard_normal(cout) if layer is layers[0] else layers[0].bias.value
+    x = np.random.default_rng(seed + 1).standard_normal((n, cin, h, w)).astype(dtype)
+    return layers, x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_gradients(backend, case):
+    n, cin, cout, h, w, k, s, p = case
+    rng = np.random.default_rng(1)
+    layer = backend.Conv2D(cin, cout, k, stride=s, padding=p, dtype=np.float64, rng=rng)
+    layer.bias.value[...] = rng.standard_normal(cout)
+    check_layer_gradients(layer, rng.standard_normal((n, cin, h, w)), rng)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_pool_gradients(backend, case):
+    n, c, h, w, k, s = case
+    rng = np.random.default_rng(2)
+    check_layer_gradients(backend.MaxPool2D(k, s), distinct_values(rng, (n, c, h, w)), rng)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_relu_flatten_linear_gradients(backend):
+    rng = np.random.default_rng(3)
+    check_layer_gradients(backend.ReLU(), distinct_values(rng, (2, 3, 5, 7)), rng)
+    check_layer_gradients(backend.Flatten(), rng.standard_normal((2, 3, 5, 7)), rng)
+    layer = backend.Linear(7, 5, dtype=np.float64, rng=rng)
+    layer.bias.value[...] = rng.standard_normal(5)
+    check_layer_gradients(layer, rng.standard_normal((3, 7)), rng)
+
+
+def assert_close(a, b, dtype):
+    assert a.dtype == b.dtype == dtype
+    assert a.shape == b.shape
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    scale = max(float(np.max(np.abs(a), initial=0.0)), 1e-30)
+    assert np.max(np.abs(a.astype(np.float64) - b), initial=0.0) <= tol * scale
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_fast_matches_reference(case, dtype):
+    (slow, quick), x = conv_pair(case, dtype)
+    assert_close(quick.forward(x), slow.forward(x), dtype)
+    g = np.random.default_rng(5).standard_normal(slow._out_shape).astype(dtype)
+    assert_close(quick.backward(g), slow.backward(g), dtype)
+    for p_fast, p_ref in zip(quick.params, slow.params):
+        assert_close(p_fast.grad, p_ref.grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_pool_fast_matches_reference(case, dtype):
+    n, c, h, w, k, s = case
+    # integers in a small range: plenty of ties, which must go to the first maximum
+    x = np.random.default_rng(6).integers(0, 4, (n, c, h, w)).astype(dtype)
+    slow, quick = ref.MaxPool2D(k, s), fast.MaxPool2D(k, s)
+    y = slow.forward(x)
+    assert_close(quick.forward(x), y, dtype)
+    g = np.random.default_rng(7).standard_normal(y.shape).astype(dtype)
+    dx_ref, dx_fast = slow.backward(g), quick.backward(g)
+    assert_close(dx_fast, dx_ref, dtype)
+    assert np.count_nonzero(dx_fast) <= g.size  # one receiver per window
+
+
+def test_pool_tie_goes_to_first_maximum():
+    x = np.ones((1, 1, 2, 2))
+    for backend in (ref, fast):
+        pool = backend.MaxPool2D(2)
+        pool.forward(x)
+        np.testing.assert_array_equal(pool.backward(np.full((1, 1, 1, 1), 3.0)), [[[[3.0, 0.0], [0.0, 0.0]]]])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_relu_linear_fast_matches_reference(dtype):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 9)).astype(dtype)
+    g = rng.standard_normal((4, 5)).astype(dtype)
+    slow, quick = ref.Linear(9, 5, dtype=dtype, rng=1), fast.Linear(9, 5, dtype=dtype, rng=1)
+    assert_close(quick.forward(x), slow.forward(x), dtype)
+    assert_close(quick.backward(g), slow.backward(g), dtype)
+    for a, b in zip(quick.params, slow.params):
+        assert_close(a.grad, b.grad, dtype)
+    r1, r2 = ref.ReLU(), fast.ReLU()
+    assert_close(r2.forward(x), r1.forward(x), dtype)
+    assert_close(r2.backward(x), r1.backward(x), dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_input_grad_can_be_skipped(backend):
+    conv = backend.Conv2D(1, 2, 3, dtype=np.float64, rng=0)
+    y = conv.forward(np.ones((1, 1, 5, 5)))
+    full_dw = (conv.backward(np.ones_like(y)), conv.weight.grad.copy())[1]
+    conv.input_grad = False
+    assert conv.backward(np.ones_like(y)) is None
+    np.testing.assert_array_equal(conv.weight.grad, full_dw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_output_dtype_is_input_dtype(backend, dtype):
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(dtype)
+    for layer in (backend.Conv2D(1, 2, 3, dtype=dtype), backend.MaxPool2D(2), backend.ReLU(), backend.Flatten()):
+        y = layer.forward(x)
+        assert y.dtype == dtype and layer.backward(np.ones_like(y)).dtype == dtype
+    lin = backend.Linear(4, 3, dtype=dtype)
+    y = lin.forward(x[:, 0, 0, :4])
+    assert y.dtype == dtype and lin.backward(np.ones_like(y)).dtype == dtype
+    assert lin.weight.grad.dtype == dtype
+
+
+def test_same_rng_gives_same_weights_in_both_backends():
+    a, b = ref.Conv2D(3, 4, 5, rng=11), fast.Conv2D(3, 4, 5, rng=11)
+    np.testing.assert_array_equal(a.weight.value, b.weight.value)
+    assert a.weight.value.std() == pytest.approx(np.sqrt(2 / 75), rel=0.2)  # He: sqrt(2 / fan_in)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+class TestBadInput:
+    def test_integer_input(self, backend):
+        for layer in (backend.Conv2D(1, 1, 3), backend.MaxPool2D(), backend.ReLU(), backend.Linear(3, 2)):
+            with pytest.raises(TypeError, match="float32 or float64"):
+                layer.forward(np.ones((1, 1, 3, 3), np.int64))
+
+    def test_dtype_mismatch(self, backend):
+        with pytest.raises(TypeError, match="float64 does not match .*float32"):
+            backend.Conv2D(1, 1, 3).forward(np.ones((1, 1, 4, 4)))
+
+    def test_wrong_ndim(self, backend):
+        with pytest.raises(ValueError, match=r"Conv2D.*4-D input \(N, C, H, W\), got shape \(4, 4\)"):
+            backend.Conv2D(1, 1, 3).forward(np.ones((4, 4), np.float32))
+        with pytest.raises(ValueError, match=r"Linear.*2-D input"):
+            backend.Linear(3, 2).forward(np.ones((1, 1, 3), np.float32))
+
+    def test_wrong_channels(self, backend):
+        with pytest.raises(ValueError, match=r"expected 3 input channels, got shape \(2, 1, 8, 8\)"):
+            backend.Conv2D(3, 1, 3).forward(np.ones((2, 1, 8, 8), np.float32))
+        with pytest.raises(ValueError, match="expected 3 input features"):
+            backend.Linear(3, 2).forward(np.ones((2, 4), np.float32))
+
+    def test_smaller_than_kernel(self, backend):
+        with pytest.raises(ValueError, match="smaller than the kernel 5x5"):
+            backend.Conv2D(1, 1, 5).forward(np.ones((1, 1, 4, 8), np.float32))
+        with pytest.raises(ValueError, match="smaller than the window 2x2"):
+            backend.MaxPool2D(2).forward(np.ones((1, 1, 1, 8), np.float32))
+
+    def test_backward_before_forward(self, backend):
+        for layer in (backend.Conv2D(1, 1, 3), backend.MaxPool2D(), backend.ReLU(), backend.Linear(3, 2),
+                      backend.Flatten()):
+            with pytest.raises(RuntimeError, match="backward called before forward"):
+                layer.backward(np.ones((1, 1, 1, 1), np.float32))
+
+    def test_gradient_of_wrong_shape(self, backend):
+        conv = backend.Conv2D(1, 2, 3)
+        conv.forward(np.ones((1, 1, 5, 5), np.float32))
+        with pytest.raises(ValueError, match=r"gradient shape \(1, 2, 2, 2\) does not match .*\(1, 2, 3, 3\)"):
+            conv.backward(np.ones((1, 2, 2, 2), np.float32))
+        pool = backend.MaxPool2D()
+        pool.forward(np.ones((1, 1, 4, 4), np.float32))
+        with pytest.raises(ValueError, match="MaxPool2D"):
+            pool.backward(np.ones((1, 1, 4, 4), np.float32))
+
+    def test_bad_constructor_arguments(self, backend):
+        with pytest.raises(ValueError, match="kernel_size and stride must be >= 1"):
+            backend.Conv2D(1, 1, 0)
+        with pytest.raises(ValueError, match="padding >= 0"):
+            backend.Conv2D(1, 1, 3, padding=-1)
+        with pytest.raises(TypeError, match="float32 or float64"):
+            backend.Linear(2, 2, dtype=np.int32)
