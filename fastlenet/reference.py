@@ -29,7 +29,8 @@ class Conv2D(ConvSpec):
         y = np.empty((n, f, oh, ow), x.dtype)
         for i, j, rows, cols in _windows(oh, ow, self.kernel_size, self.stride):
             window = x_pad[:, :, rows, cols]  # (N, C, kh, kw)
-            y[:, :, i, j] = np.einsum("nckl,fckl->nf", window, w)
+            # (N, 1, C, kh, kw) * (1, F, C, kh, kw) summed over the window -> (N, F)
+            y[:, :, i, j] = np.sum(window[:, None] * w[None], axis=(2, 3, 4))
         y += self.bias.value[:, None, None]
         return y
 
@@ -39,9 +40,11 @@ class Conv2D(ConvSpec):
         dx_pad = np.zeros_like(x_pad)
         dw = np.zeros_like(w)
         for i, j, rows, cols in _windows(*dy.shape[2:], self.kernel_size, self.stride):
-            g = dy[:, :, i, j]  # (N, F)
-            dx_pad[:, :, rows, cols] += np.einsum("nf,fckl->nckl", g, w)
-            dw += np.einsum("nf,nckl->fckl", g, x_pad[:, :, rows, cols])
+            g = dy[:, :, i, j, None, None, None]  # (N, F, 1, 1, 1)
+            # every output pixel sends its gradient back through the weights to its window ...
+            dx_pad[:, :, rows, cols] += np.sum(g * w[None], axis=1)  # sum over F -> (N, C, kh, kw)
+            # ... and to the weights through its window
+            dw += np.sum(g * x_pad[:, None, :, rows, cols], axis=0)  # sum over N -> (F, C, kh, kw)
         self.weight.grad[...] = dw
         self.bias.grad[...] = dy.sum(axis=(0, 2, 3))
         if not self.input_grad:

@@ -11,16 +11,17 @@ def col2im(cols, stride_h, stride_w, out):
     out:  (N, C, HP, WP) padded input gradient, overwritten
 
     Windows overlap when the stride is smaller than the kernel, so pixels get
-    several contributions; each (image, channel) plane is summed by one
-    thread, so there are no races and the summation order is fixed.
+    several contributions; each image is summed by one thread, reading its
+    rows of `cols` in memory order, so there are no races and the summation
+    order is fixed whatever the thread count.
     """
     n, oh, ow, c, kh, kw = cols.shape
-    for plane in prange(n * c):
-        img, ch = plane // c, plane % c
-        out[img, ch] = 0
+    for img in prange(n):
+        out[img] = 0
         for i in range(oh):
             for j in range(ow):
                 r0, c0 = i * stride_h, j * stride_w
-                for a in range(kh):
-                    for b in range(kw):
-                        out[img, ch, r0 + a, c0 + b] += cols[img, i, j, ch, a, b]
+                for ch in range(c):
+                    for a in range(kh):
+                        for b in range(kw):
+                            out[img, ch, r0 + a, c0 + b] += cols[img, i, j, ch, a, b]
