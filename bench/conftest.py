@@ -4,7 +4,13 @@ import time
 
 import pytest
 
-from fastlenet.env import environment
+from fastlenet.env import environment, set_threads
+
+
+@pytest.fixture(autouse=True, scope="session")
+def thread_policy():
+    """The library's default thread split (Numba: all cores, BLAS: 1), as the trainer uses."""
+    set_threads()
 
 
 def warm_up(fn):

