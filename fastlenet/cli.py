@@ -1,0 +1,136 @@
+"""The `fastlenet` command: train, evaluate, predict, data (and bench, profile)."""
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import FastLeNetError
+
+
+def progress_bar(**kwargs):
+    from tqdm import tqdm
+    return tqdm(leave=False, dynamic_ncols=True, **kwargs)
+
+
+def add_data_dir(p):
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files (else $FASTLENET_DATA, else "
+                                      "~/.cache/fastlenet/mnist; downloaded there when missing)")
+
+
+def build_parser():
+    from .train import TrainConfig
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="fastlenet", description="LeNet-5 on MNIST in NumPy + Numba.")
+    parser.add_argument("--version", action="version", version=f"fastlenet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train LeNet-5 (defaults: the spec's settings)")
+    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--batch-size", type=int, default=d.batch_size)
+    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--optimizer", choices=["adam", "sgd"], default=d.optimizer)
+    t.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--backend", choices=["fast", "reference"], default=d.backend)
+    t.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype)
+    t.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
+    t.add_argument("--blas-threads", type=int, default=d.blas_threads, help="BLAS threads (default 1: see README)")
+    add_data_dir(t)
+    t.add_argument("--out", help="run directory (default runs/<timestamp>)")
+    t.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every N iterations")
+    t.add_argument("--limit-train", type=int, help="train on the first N training images only")
+    t.add_argument("--val-size", type=int, default=d.val_size)
+    t.add_argument("--normalize", action="store_true", help="standardise inputs with MNIST's mean/std")
+    t.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    t.add_argument("--quiet", action="store_true", help="print only the summary")
+
+    e = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
+    e.add_argument("weights", metavar="RUN_DIR_OR_WEIGHTS")
+    add_data_dir(e)
+    e.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("predict", help="classify digit images (PNG/JPEG)")
+    p.add_argument("weights", metavar="RUN_DIR_OR_WEIGHTS")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("data", help="where MNIST is; verify it; download it with --download")
+    add_data_dir(a)
+    a.add_argument("--download", action="store_true")
+    return parser
+
+
+def cmd_train(args):
+    from .train import TrainConfig, train
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    config = TrainConfig(**fields)
+    summary = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress_bar)
+    print(f"test accuracy {summary['test_accuracy']:.2%}  validation {summary['validation_accuracy']:.2%}  "
+          f"train {summary['train_accuracy']:.2%}  |  {summary['seconds_per_epoch']:.2f} s/epoch, "
+          f"{summary['train_images_per_s']:,.0f} images/s, compile {summary['numba_compile_s']:.2f} s  |  "
+          f"run: {config.out if not args.resume else args.resume}")
+
+
+def cmd_evaluate(args):
+    from .data import load_mnist
+    from .evaluation import predict_proba, report
+    from .storage import load_model, weights_path
+    model = load_model(weights_path(args.weights))
+    data = load_mnist(args.data_dir, progress=progress_bar)
+    result = report(predict_proba(model, data.test_images), data.test_labels)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"test accuracy: {result['accuracy']:.2%} ({len(data.test_labels)} images)\n")
+    print("true\\pred " + " ".join(f"{p:>5}" for p in range(10)) + "   accuracy")
+    for t, (row, acc) in enumerate(zip(result["confusion_matrix"], result["per_class_accuracy"])):
+        print(f"{t:>9} " + " ".join(f"{v:>5}" for v in row) + f"   {acc:7.2%}")
+
+
+def cmd_predict(args):
+    from .data import preprocess
+    from .evaluation import softmax
+    from .predict import load_grayscale, mnist_style, top_classes
+    from .storage import load_model, weights_path
+    model = load_model(weights_path(args.weights))
+    results = []
+    for path in args.images:
+        digit = mnist_style(load_grayscale(path))
+        probs = softmax(model.forward(preprocess(digit[None], model.dtype)))[0]
+        results.append({"image": path, "top": top_classes(probs)})
+    if args.json:
+        print(json.dumps(results))
+        return
+    for r in results:
+        print(f"{r['image']}: " + ", ".join(f"{t['digit']} ({t['probability']:.1%})" for t in r["top"]))
+
+
+def cmd_data(args):
+    from .data import FILES, find_or_download, read_idx, search_dirs
+    print("searched, in order: " + ", ".join(map(str, search_dirs(args.data_dir))))
+    paths = find_or_download(args.data_dir, download_missing=args.download, progress=progress_bar)
+    for name, path in paths.items():
+        array = read_idx(path, *FILES[name])
+        print(f"ok  {path}  {'x'.join(map(str, array.shape))}  sha256 verified")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except FastLeNetError as e:
+        print(f"fastlenet: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 1)
+    except OSError as e:
+        print(f"fastlenet: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fastlenet: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,241 @@
+"""MNIST: find, download, verify, read and preprocess the four IDX files."""
+
+import gzip
+import hashlib
+import os
+import struct
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+# name -> (SHA-256 of the decompressed IDX payload, expected shape). Pinning the
+# payload rather than the .gz lets any gzip wrapper of the genuine data pass.
+FILES = {
+    "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", (60000, 28, 28)),
+    "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", (60000,)),
+    "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", (10000, 28, 28)),
+    "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", (10000,)),
+}
+
+# Tried in order (FASTLENET_MIRRORS, comma-separated URL prefixes, replaces the list).
+# The original site is last: it often answers 403.
+MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
+
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+             0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+MAX_IDX_BYTES = 1 << 31  # far above MNIST; refuses absurd headers before allocating
+
+
+def default_cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fastlenet" / "mnist"
+
+
+def search_dirs(data_dir=None):
+    """Where MNIST is looked for, in order: --data-dir, $FASTLENET_DATA, the user cache."""
+    dirs = [data_dir, os.environ.get("FASTLENET_DATA"), default_cache_dir()]
+    return [Path(d).expanduser() for d in dirs if d]
+
+
+def _payload(raw, name):
+    """The IDX bytes of a file's content: gunzipped if it is gzip, refused if it is HTML."""
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise DataError(f"{name}: corrupt or truncated gzip ({e})") from None
+    head = raw[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<")):
+        raise DataError(f"{name}: is an HTML/XML page, not an IDX file (a mirror's error page?)")
+    return raw
+
+
+def parse_idx(payload, name="IDX data"):
+    """IDX bytes -> ndarray, checking the magic, the dimensions and the size."""
+    if len(payload) < 4:
+        raise DataError(f"{name}: {len(payload)} bytes is too short for an IDX header")
+    zero, type_code, ndim = struct.unpack(">HBB", payload[:4])
+    if zero != 0 or type_code not in IDX_TYPES:
+        raise DataError(f"{name}: bad IDX magic {payload[:4].hex()} (expected 0000 08 0N)")
+    if ndim == 0 or len(payload) < 4 + 4 * ndim:
+        raise DataError(f"{name}: IDX header declares {ndim} dimensions but the file ends inside it")
+    dims = struct.unpack(f">{ndim}I", payload[4:4 + 4 * ndim])
+    dtype = np.dtype(IDX_TYPES[type_code])
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    got = len(payload) - 4 - 4 * ndim
+    if expected > MAX_IDX_BYTES or got != expected:
+        raise DataError(f"{name}: header says {'x'.join(map(str, dims))} {dtype.name} = {expected} bytes of data, "
+                        f"the file has {got} (truncated or not this file)")
+    return np.frombuffer(payload, dtype, offset=4 + 4 * ndim).reshape(dims)
+
+
+def read_idx(path, expected_sha256=None, expected_shape=None):
+    """Reads and verifies one IDX file (gzipped or raw)."""
+    path = Path(path)
+    payload = _payload(path.read_bytes(), path.name)
+    if expected_sha256 and hashlib.sha256(payload).hexdigest() != expected_sha256:
+        raise DataError(f"{path}: SHA-256 of the data is {hashlib.sha256(payload).hexdigest()}, "
+                        f"expected {expected_sha256}: not the genuine MNIST file")
+    array = parse_idx(payload, path.name)
+    if expected_shape and array.shape != expected_shape:
+        raise DataError(f"{path.name}: shape {array.shape}, expected {expected_shape}")
+    return array
+
+
+def locate(name, dirs):
+    """The first existing `name` or `name.gz` in dirs, or None."""
+    for d in dirs:
+        for candidate in (d / name, d / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _fetch(url, dest, timeout, progress):
+    """Downloads url into dest through a temporary file in the same folder."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            bar = progress(total=total, desc=dest.name)
+            while chunk := response.read(1 << 16):
+                out.write(chunk)
+                bar.update(len(chunk))
+            bar.close()
+            if total is not None and out.tell() != total:
+                raise DataError(f"got {out.tell()} of {total} bytes")
+            out.flush()
+            os.fsync(out.fileno())
+        return Path(tmp)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def download(name, dest_dir, mirrors=None, retries=2, timeout=30.0, progress=None):
+    """Fetches `name`.gz from the first mirror that serves the genuine file.
+
+    Each attempt lands in a temporary file that is verified (gzip, IDX header,
+    SHA-256) before an atomic rename; an HTML page or a truncated file is
+    never kept. Raises DataError naming every mirror's failure.
+    """
+    sha256, shape = FILES[name]
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / f"{name}.gz"
+    progress = progress or _NoProgress
+    errors = []
+    env_mirrors = [m.strip() for m in os.environ.get("FASTLENET_MIRRORS", "").split(",") if m.strip()]
+    for mirror in mirrors or env_mirrors or MIRRORS:
+        url = mirror + f"{name}.gz"
+        for attempt in range(1, retries + 1):
+            tmp = None
+            try:
+                tmp = _fetch(url, dest, timeout, progress)
+                read_idx(tmp, sha256, shape)
+                os.replace(tmp, dest)
+                return dest
+            except (OSError, DataError, ValueError) as e:
+                reason = getattr(e, "reason", None) or e
+                errors.append(f"{url} (try {attempt}): {reason}")
+                if tmp is not None and tmp.exists():
+                    tmp.unlink()
+                if isinstance(e, urllib.error.HTTPError) and 400 <= e.code < 500:
+                    break  # a 403 or 404 will not change on retry
+                if attempt < retries:
+                    time.sleep(0.5 * attempt)
+    raise DataError(f"could not download {name}.gz:\n  " + "\n  ".join(errors))
+
+
+class _NoProgress:
+    def __init__(self, total=None, desc=None):
+        pass
+
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+@dataclass
+class MNIST:
+    """Raw MNIST: uint8 images (N, 28, 28) and labels (N,)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    directory: Path
+
+
+def find_or_download(data_dir=None, download_missing=True, progress=None, mirrors=None):
+    """Paths of the four files, downloading the missing ones into the first
+    writable search directory when allowed."""
+    dirs = search_dirs(data_dir)
+    paths = {name: locate(name, dirs) for name in FILES}
+    missing = [name for name, path in paths.items() if path is None]
+    if missing and download_missing:
+        target = dirs[0]
+        for name in missing:
+            try:
+                paths[name] = download(name, target, mirrors=mirrors, progress=progress)
+            except (DataError, OSError) as e:
+                raise DataError(
+                    f"{e}\nSearched: {', '.join(map(str, dirs))}.\n"
+                    f"To install by hand, put the four MNIST files ({', '.join(FILES)}, .gz or raw) "
+                    f"in one of those folders, or point --data-dir / FASTLENET_DATA at them."
+                ) from None
+    elif missing:
+        raise DataError(f"MNIST files missing: {', '.join(missing)}; searched {', '.join(map(str, dirs))}")
+    return paths
+
+
+def load_mnist(data_dir=None, download_missing=True, progress=None, mirrors=None):
+    """Finds (or downloads), verifies and reads MNIST."""
+    paths = find_or_download(data_dir, download_missing, progress, mirrors)
+    arrays = {name: read_idx(path, *FILES[name]) for name, path in paths.items()}
+    return MNIST(arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"],
+                 arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"],
+                 paths["train-images-idx3-ubyte"].parent)
+
+
+def check_pair(images, labels, what):
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{what}: {images.shape} images and {labels.shape} labels do not pair up")
+
+
+def preprocess(images, dtype=np.float32, normalize=False):
+    """uint8 (N, 28, 28) -> (N, 1, 32, 32) in [0, 1], padded by 2 pixels as LeNet-5 expects.
+
+    With normalize, the result is standardised with MNIST's training mean and std.
+    """
+    dtype = np.dtype(dtype)
+    n, h, w = images.shape
+    out = np.zeros((n, 1, h + 4, w + 4), dtype)
+    out[:, 0, 2:-2, 2:-2] = images / dtype.type(255)
+    if normalize:  # MNIST's training-set mean and std
+        out -= dtype.type(0.1307)
+        out /= dtype.type(0.3081)
+    return out
+
+
+def validation_split(n, size, seed):
+    """(train_indices, validation_indices): a seeded permutation, disjoint, sorted."""
+    if not 0 <= size < n:
+        raise DataError(f"validation size must be between 0 and {n - 1}, got {size}")
+    order = np.random.default_rng([seed, 0xDA7A]).permutation(n)
+    return np.sort(order[size:]), np.sort(order[:size])
+

@@ -1,0 +1,37 @@
+"""Predictions in bounded chunks, accuracy and the confusion matrix."""
+
+import numpy as np
+
+from .data import preprocess
+
+
+def softmax(logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_proba(model, images, chunk=1000, normalize=False):
+    """uint8 images (N, 28, 28) -> class probabilities (N, 10), `chunk` images at a time
+    so memory stays bounded whatever N."""
+    probs = np.empty((len(images), 10), np.float64)
+    for start in range(0, len(images), chunk):
+        batch = preprocess(images[start:start + chunk], model.dtype, normalize)
+        probs[start:start + chunk] = softmax(model.forward(batch))
+    return probs
+
+
+def confusion_matrix(labels, predictions, classes=10):
+    """counts[true, predicted]."""
+    counts = np.zeros((classes, classes), np.int64)
+    np.add.at(counts, (labels, predictions), 1)
+    return counts
+
+
+def report(probs, labels):
+    """Accuracy, per-class accuracy and the confusion matrix of probabilities against labels."""
+    predictions = probs.argmax(axis=1)
+    counts = confusion_matrix(labels, predictions)
+    per_class = np.diag(counts) / np.maximum(counts.sum(axis=1), 1)
+    return {"accuracy": float((predictions == labels).mean()) if len(labels) else float("nan"),
+            "per_class_accuracy": per_class.tolist(), "confusion_matrix": counts.tolist()}

@@ -1,0 +1,67 @@
+"""The figures of a run, as PNG files (matplotlib, no display needed)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def loss_curve(iterations, losses, path):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(iterations, losses, lw=0.8, label="batch loss")
+    if len(losses) >= 20:
+        k = max(len(losses) // 50, 5)
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(iterations[k - 1:], smooth, lw=1.6, label=f"mean of {k}")
+    ax.set(xlabel="iteration", ylabel="cross-entropy loss", yscale="log", title="Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def accuracy_curve(iterations, accuracies, path):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(iterations, 100 * np.asarray(accuracies), marker=".", lw=1)
+    ax.set(xlabel="iteration", ylabel="validation accuracy (%)", title="Validation accuracy")
+    if len(accuracies):
+        ax.set_ylim(max(0.0, 100 * min(accuracies) - 1), 100)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def confusion(counts, path):
+    counts = np.asarray(counts)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    im = ax.imshow(np.log1p(counts), cmap="Blues")
+    for (t, p), v in np.ndenumerate(counts):
+        if v:
+            ax.text(p, t, str(v), ha="center", va="center", fontsize=7,
+                    color="white" if v > counts.max() / 3 else "black")
+    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
+           title=f"Test confusion matrix ({np.trace(counts)}/{counts.sum()} right)")
+    fig.colorbar(im, ax=ax, label="log(1 + count)")
+    _save(fig, path)
+
+
+def misclassified(images, labels, probs, path, limit=36):
+    """A grid of wrongly classified images: true label, top-2 predictions with probabilities."""
+    wrong = np.flatnonzero(probs.argmax(axis=1) != labels)[:limit]
+    cols = 6
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, i in zip(np.ravel(axes), wrong):
+        top = np.argsort(probs[i])[::-1][:2]
+        ax.imshow(images[i], cmap="gray_r")
+        ax.set_title(f"true {labels[i]}\n{top[0]}: {probs[i, top[0]]:.0%}  {top[1]}: {probs[i, top[1]]:.0%}",
+                     fontsize=8)
+    fig.suptitle(f"Misclassified test digits ({len(wrong)} shown): true label, top-2 predictions", fontsize=9)
+    _save(fig, path)

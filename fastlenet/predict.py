@@ -1,0 +1,76 @@
+"""A photo or drawing of a digit -> an MNIST-style 32x32 input, and its top classes."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import FastLeNetError
+
+MAX_PIXELS = 40_000_000  # refuse larger images rather than exhaust memory
+MAX_BYTES = 64 << 20
+
+
+class ImageError(FastLeNetError, ValueError):
+    """An image file that cannot be a digit: unreadable, empty, too large."""
+
+
+def load_grayscale(path):
+    """Any PNG/JPEG (alpha, palette, 16-bit included) -> float array in [0, 1], dark ink on any background."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror})") from None
+    if size == 0:
+        raise ImageError(f"{path}: empty file")
+    if size > MAX_BYTES:
+        raise ImageError(f"{path}: {size} bytes is over the {MAX_BYTES >> 20} MiB limit for an image")
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageError(f"{path}: {im.width}x{im.height} pixels is over the limit of {MAX_PIXELS:,}")
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                pixels = np.asarray(im, np.float64)
+                pixels = pixels / max(float(pixels.max()), 1.0)
+            else:
+                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                    rgba = im.convert("RGBA")  # transparent pixels become background (white)
+                    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                    im = Image.alpha_composite(white, rgba)
+                pixels = np.asarray(im.convert("L"), np.float64) / 255.0
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
+        raise ImageError(f"{path}: not a readable image ({e})") from None
+    return pixels
+
+
+def border(a):
+    return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+
+
+def mnist_style(pixels):
+    """Grayscale [0, 1] -> uint8 (28, 28) the way MNIST was made: white digit on black,
+    cropped to the digit, scaled to fit 20x20 keeping aspect, centred by centre of mass."""
+    ink = 1.0 - pixels if border(pixels).mean() > 0.5 else pixels  # light background: invert
+    ink = np.clip(ink - np.median(border(ink)), 0, 1)               # background level -> 0
+    rows, cols = np.flatnonzero(ink.max(axis=1) > 0.2), np.flatnonzero(ink.max(axis=0) > 0.2)
+    if not len(rows):
+        raise ImageError("no digit found: the image is blank")
+    ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = ink.shape
+    scale = 20.0 / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    digit = np.asarray(Image.fromarray((ink * 255).astype(np.uint8)).resize(size, Image.LANCZOS), np.float64)
+    canvas = np.zeros((28, 28))
+    total = digit.sum()
+    cy, cx = ((np.indices(digit.shape) * digit).reshape(2, -1).sum(axis=1) / total) if total else \
+        ((digit.shape[0] - 1) / 2, (digit.shape[1] - 1) / 2)
+    top = int(np.clip(round(13.5 - cy), 0, 28 - digit.shape[0]))
+    left = int(np.clip(round(13.5 - cx), 0, 28 - digit.shape[1]))
+    canvas[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def top_classes(probs, k=3):
+    order = np.argsort(probs)[::-1][:k]
+    return [{"digit": int(d), "probability": float(probs[d])} for d in order]

@@ -1,0 +1,98 @@
+"""Files that must never be half-written nor run code when read: atomic
+writes, and weights in safetensors (tensors plus a string header, no pickle)."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as safetensors_bytes
+
+from .errors import WeightsError
+from .models import LeNet5
+
+WEIGHTS_FORMAT = "fastlenet-weights/1"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def atomic_write(path, data):
+    """Writes bytes (or text) to path so that a reader, or a crash, only ever
+    sees the old file or the complete new one: temporary file in the same
+    folder, flush, fsync, rename over."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_tensors(path, tensors, metadata):
+    """tensors: name -> ndarray; metadata: name -> str (stored in the header)."""
+    atomic_write(path, safetensors_bytes({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                                         metadata={"format": WEIGHTS_FORMAT, **metadata}))
+
+
+def load_tensors(path):
+    """-> (tensors, metadata). Only safetensors is read: a pickle is refused, never unpickled."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({e.strerror})") from None
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        raise WeightsError(f"{path}: looks like a pickle or a zip (e.g. a torch.save file); fastlenet reads "
+                           f"only safetensors files and never loads pickles")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
+    if metadata.get("format") != WEIGHTS_FORMAT:
+        raise WeightsError(f"{path}: not a fastlenet weights file (format {metadata.get('format')!r}, "
+                           f"expected {WEIGHTS_FORMAT!r})")
+    return tensors, metadata
+
+
+def save_model(path, model, extra=None):
+    save_tensors(path, model.state_dict(),
+                 {"architecture": model.architecture, "dtype": model.dtype.name, **(extra or {})})
+
+
+def load_model(path, backend="fast"):
+    """A LeNet5 with the weights of `path`, or a WeightsError saying what does not fit."""
+    tensors, metadata = load_tensors(path)
+    if metadata.get("architecture") != LeNet5.architecture:
+        raise WeightsError(f"{path}: weights of architecture {metadata.get('architecture')!r}, "
+                           f"expected {LeNet5.architecture!r}")
+    dtype = metadata.get("dtype")
+    if dtype not in ("float32", "float64"):
+        raise WeightsError(f"{path}: unsupported dtype {dtype!r} (float32 or float64)")
+    model = LeNet5(backend, dtype=dtype)
+    try:
+        model.load_state_dict(tensors)
+    except (ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: {e}") from None
+    return model
+
+
+def weights_path(path):
+    """A run directory or a weights file -> the weights file."""
+    path = Path(path)
+    return path / WEIGHTS_NAME if path.is_dir() else path

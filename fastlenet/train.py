@@ -1,0 +1,379 @@
+"""Training LeNet-5 on MNIST: the loop, its run directory and its checkpoints.
+
+A run directory holds:
+    config.json           resolved settings and the environment
+    metrics.jsonl         one record per iteration (loss, time) and per evaluation
+    checkpoint.safetensors + checkpoint.json   the state to resume from (every epoch)
+    model.safetensors     the final weights
+    summary.json          accuracies and speed
+    loss.png  val_accuracy.png  confusion_matrix.png  misclassified.png
+"""
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from . import plots
+from .data import check_pair, load_mnist, preprocess, validation_split
+from .env import environment, set_threads
+from .errors import FastLeNetError
+from .evaluation import predict_proba, report
+from .losses import SoftmaxCrossEntropy
+from .models import LeNet5
+from .optim import SGD, Adam
+from .storage import WEIGHTS_NAME, load_tensors, save_model, save_tensors, write_json
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_STATE = "checkpoint.json"
+
+
+class ConfigError(FastLeNetError, ValueError):
+    """Settings that cannot make a run."""
+
+
+class TrainingStopped(FastLeNetError):
+    """The run stopped before its end (a signal or a non-finite loss); a checkpoint says where."""
+
+    def __init__(self, message, exit_code=1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class TrainConfig:
+    """The spec's settings are the defaults: Adam, lr 1e-3, batch 256, 10 epochs, 1000 validation images."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    seed: int = 0
+    backend: str = "fast"
+    dtype: str = "float32"
+    threads: int | None = None
+    blas_threads: int = 1
+    data_dir: str | None = None
+    out: str | None = None
+    eval_every: int = 100
+    limit_train: int | None = None
+    val_size: int = 1000
+    normalize: bool = False
+    checkpoint_every: int | None = None
+    quiet: bool = False
+
+    def check(self):
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_every": self.eval_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"--optimizer must be adam or sgd, got {self.optimizer!r}")
+        if self.backend not in ("fast", "reference"):
+            raise ConfigError(f"--backend must be fast or reference, got {self.backend!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"--dtype must be float32 or float64, got {self.dtype!r}")
+        if self.limit_train is not None and self.limit_train < 1:
+            raise ConfigError(f"--limit-train must be >= 1, got {self.limit_train}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+
+
+def make_optimizer(config, params):
+    if config.optimizer == "adam":
+        return Adam(params, lr=config.lr)
+    return SGD(params, lr=config.lr, momentum=config.momentum)
+
+
+def prepare_run_dir(out, overwrite=False):
+    """Creates the run directory; refuses one that already holds a run."""
+    path = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"--out {path} already holds a run: pass --resume {path} to continue it, "
+                              f"--overwrite to replace it, or choose another --out")
+        for name in ("config.json", "metrics.jsonl", "summary.json", CHECKPOINT, CHECKPOINT_STATE, WEIGHTS_NAME):
+            (path / name).unlink(missing_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {path}: cannot write there ({e.strerror})") from None
+    return path
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop stops at the end of the current step."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+class Trainer:
+    def __init__(self, config, run_dir, data=None, progress=None):
+        config.check()
+        self.config, self.run_dir = config, Path(run_dir)
+        self.threads = set_threads(config.threads, config.blas_threads)
+        self.dtype = np.dtype(config.dtype)
+        self.data = data if data is not None else load_mnist(config.data_dir, progress=progress)
+        check_pair(self.data.train_images, self.data.train_labels, "training set")
+        check_pair(self.data.test_images, self.data.test_labels, "test set")
+        self.train_idx, self.val_idx = validation_split(len(self.data.train_images), config.val_size, config.seed)
+        if config.limit_train:
+            self.train_idx = self.train_idx[:config.limit_train]
+        self.model = LeNet5(config.backend, self.dtype, seed=config.seed)
+        self.optimizer = make_optimizer(config, self.model.params)
+        self.loss = SoftmaxCrossEntropy()
+        self.rng = np.random.default_rng([config.seed, 0x5EED])  # data order only
+        self.epoch, self.batch_in_epoch, self.iteration = 0, 0, 0
+        self.epoch_rng_state = self.rng.bit_generator.state
+        self.epoch_seconds = []
+        self.progress = progress
+
+    # -- state ------------------------------------------------------------------------------
+    def save_checkpoint(self):
+        """Weights, optimizer state, data-order RNG and position; atomic, so a kill
+        mid-write leaves the previous checkpoint whole. Arrays go to safetensors,
+        the rest to JSON; the JSON is written last and names the step it belongs to."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        scalars = {k: v for k, v in opt.items() if not isinstance(v, list) or not v or
+                   not isinstance(v[0], np.ndarray)}
+        for key, arrays in opt.items():
+            if key not in scalars:
+                tensors.update({f"optimizer.{key}.{i}": a for i, a in enumerate(arrays)})
+        save_tensors(self.run_dir / CHECKPOINT, tensors,
+                     {"architecture": LeNet5.architecture, "dtype": self.dtype.name, "iteration": str(self.iteration)})
+        write_json(self.run_dir / CHECKPOINT_STATE, {
+            "iteration": self.iteration, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "epoch_rng_state": self.epoch_rng_state, "optimizer": scalars,
+            "epoch_seconds": self.epoch_seconds, "config": asdict(self.config),
+        })
+
+    def load_checkpoint(self):
+        state_path = self.run_dir / CHECKPOINT_STATE
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError) as e:
+            raise FastLeNetError(f"{state_path}: cannot read the checkpoint state ({e})") from None
+        tensors, metadata = load_tensors(self.run_dir / CHECKPOINT)
+        if metadata.get("iteration") != str(state["iteration"]):
+            raise FastLeNetError(f"{self.run_dir}: checkpoint files disagree (weights at iteration "
+                                 f"{metadata.get('iteration')}, state at {state['iteration']})")
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        opt = dict(state["optimizer"])
+        for key in {k.split(".")[1] for k in tensors if k.startswith("optimizer.")}:
+            count = sum(1 for k in tensors if k.startswith(f"optimizer.{key}."))
+            opt[key] = [tensors[f"optimizer.{key}.{i}"] for i in range(count)]
+        self.optimizer.load_state_dict(opt)
+        self.iteration, self.epoch, self.batch_in_epoch = state["iteration"], state["epoch"], state["batch_in_epoch"]
+        self.epoch_rng_state, self.epoch_seconds = state["epoch_rng_state"], state["epoch_seconds"]
+
+    # -- the loop ---------------------------------------------------------------------------
+    def batch(self, idx):
+        return preprocess(self.data.train_images[idx], self.dtype, self.config.normalize), self.data.train_labels[idx]
+
+    def evaluate(self, indices_or_images, labels=None):
+        images = self.data.train_images[indices_or_images] if labels is None else indices_or_images
+        labels = self.data.train_labels[indices_or_images] if labels is None else labels
+        return predict_proba(self.model, images, normalize=self.config.normalize), labels
+
+    def warm_up(self):
+        """Compiles (or loads from Numba's on-disk cache) every kernel a step uses, on a
+        throwaway model, so that the first timed step is a real one; returns seconds."""
+        start = time.perf_counter()
+        model, loss = LeNet5(self.config.backend, self.dtype), SoftmaxCrossEntropy()
+        x, y = self.batch(self.train_idx[:2])
+        loss.forward(model.forward(x), y)
+        model.backward(loss.backward())
+        return time.perf_counter() - start
+
+    def run(self, metrics_file, stop):
+        cfg = self.config
+        batches_per_epoch = math.ceil(len(self.train_idx) / cfg.batch_size)
+        while self.epoch < cfg.epochs:
+            self.rng.bit_generator.state = self.epoch_rng_state
+            order = self.rng.permutation(self.train_idx)
+            bar = self.progress(total=batches_per_epoch, initial=self.batch_in_epoch,
+                                desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch") if self.progress else None
+            epoch_start, seen, correct, train_time = time.perf_counter(), 0, 0, 0.0
+            while self.batch_in_epoch < batches_per_epoch:
+                t0 = time.perf_counter()
+                idx = order[self.batch_in_epoch * cfg.batch_size:(self.batch_in_epoch + 1) * cfg.batch_size]
+                x, y = self.batch(idx)
+                logits = self.model.forward(x)
+                loss = self.loss.forward(logits, y)
+                if not math.isfinite(loss):
+                    raise TrainingStopped(f"loss is {loss} at iteration {self.iteration + 1} (epoch {self.epoch + 1}); "
+                                          f"the last good checkpoint is kept in {self.run_dir}. Try a smaller --lr.")
+                self.model.backward(self.loss.backward())
+                self.optimizer.step()
+                step_s = time.perf_counter() - t0
+                train_time += step_s
+                self.iteration += 1
+                self.batch_in_epoch += 1
+                seen += len(y)
+                correct += int((logits.argmax(axis=1) == y).sum())
+                record(metrics_file, {"type": "iter", "iteration": self.iteration, "epoch": self.epoch + 1,
+                                      "loss": loss, "time_s": step_s})
+                if bar:
+                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / seen:.2%}", img_s=f"{seen / train_time:,.0f}",
+                                    refresh=False)
+                    bar.update()
+                end_of_epoch = self.batch_in_epoch == batches_per_epoch
+                if self.iteration % cfg.eval_every == 0 and not end_of_epoch:
+                    self.record_validation(metrics_file)
+                if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0 and not end_of_epoch:
+                    self.save_checkpoint()
+                if stop.signal:
+                    self.save_checkpoint()
+                    raise TrainingStopped(f"stopped by {stop.signal} at iteration {self.iteration}; checkpoint saved. "
+                                          f"Resume with: fastlenet train --resume {self.run_dir}", exit_code=130)
+            if bar:
+                bar.close()
+            self.epoch_seconds.append(train_time)
+            record(metrics_file, {"type": "epoch", "iteration": self.iteration, "epoch": self.epoch + 1,
+                                  "train_seconds": train_time, "wall_seconds": time.perf_counter() - epoch_start})
+            self.record_validation(metrics_file)
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.epoch_rng_state = self.rng.bit_generator.state
+            self.save_checkpoint()
+
+    def record_validation(self, metrics_file):
+        if not len(self.val_idx):
+            return
+        probs, labels = self.evaluate(self.val_idx)
+        accuracy = float((probs.argmax(axis=1) == labels).mean())
+        record(metrics_file, {"type": "eval", "iteration": self.iteration, "epoch": self.epoch + 1,
+                              "val_accuracy": accuracy})
+
+
+def smoothed_crossing(losses, threshold=0.1, window=20):
+    """First iteration (1-based) at which the mean loss of the last `window` iterations is <= threshold."""
+    if len(losses) < window:
+        return None
+    means = np.convolve(losses, np.ones(window) / window, mode="valid")
+    hits = np.flatnonzero(means <= threshold)
+    return int(hits[0] + window) if len(hits) else None
+
+
+def train(config, resume=None, overwrite=False, data=None, progress=None, log=print):
+    """Runs (or resumes) a training run and returns its summary.
+
+    Raises TrainingStopped after a signal or a non-finite loss, with a checkpoint on disk.
+    """
+    if resume:
+        run_dir = Path(resume)
+        try:
+            stored = json.loads((run_dir / "config.json").read_text())["config"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"--resume {run_dir}: not a fastlenet run directory ({e})") from None
+        if (run_dir / "summary.json").exists():
+            raise ConfigError(f"--resume {run_dir}: that run has already finished")
+        if not (run_dir / CHECKPOINT_STATE).exists():
+            raise ConfigError(f"--resume {run_dir}: no checkpoint yet (the run stopped before its first one); "
+                              f"start it again with --overwrite")
+        names = {f.name for f in fields(TrainConfig)}
+        settings = {k: v for k, v in stored.items() if k in names}
+        settings.update(quiet=config.quiet, data_dir=config.data_dir or stored.get("data_dir"))
+        config = TrainConfig(**settings)
+    else:
+        config.check()
+        run_dir = prepare_run_dir(config.out, overwrite)
+        config.out = str(run_dir)
+    started = time.perf_counter()
+    trainer = Trainer(config, run_dir, data=data, progress=None if config.quiet else progress)
+    compile_s = trainer.warm_up()
+    if resume:
+        trainer.load_checkpoint()
+        kept = read_metrics(run_dir / "metrics.jsonl", upto_iteration=trainer.iteration)
+        with open(run_dir / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(e) + "\n" for e in kept)
+        log(f"resuming {run_dir} at iteration {trainer.iteration} (epoch {trainer.epoch + 1})")
+    else:
+        write_json(run_dir / "config.json", {
+            "config": asdict(config), "threads": trainer.threads, "environment": environment(),
+            "data": {"directory": str(trainer.data.directory), "train_images": len(trainer.train_idx),
+                     "validation_indices": trainer.val_idx.tolist()},
+        })
+    with open(run_dir / "metrics.jsonl", "a", buffering=1) as metrics_file, StopFlag() as stop:
+        trainer.run(metrics_file, stop)
+
+    summary = finish(trainer, compile_s)
+    summary["total_s"] = time.perf_counter() - started
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def finish(trainer, compile_s):
+    """Final evaluation, weights and figures of a finished run."""
+    run_dir, data = trainer.run_dir, trainer.data
+    save_model(run_dir / WEIGHTS_NAME, trainer.model)
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    iters = [m for m in metrics if m["type"] == "iter"]
+    evals = [m for m in metrics if m["type"] == "eval"]
+    losses = np.array([m["loss"] for m in iters])
+    test_probs = predict_proba(trainer.model, data.test_images, normalize=trainer.config.normalize)
+    test = report(test_probs, data.test_labels)
+    train_probs, train_labels = trainer.evaluate(trainer.train_idx)
+    val_accuracy = evals[-1]["val_accuracy"] if evals else None
+    plots.loss_curve(np.array([m["iteration"] for m in iters]), losses, run_dir / "loss.png")
+    plots.accuracy_curve([m["iteration"] for m in evals], [m["val_accuracy"] for m in evals], run_dir / "val_accuracy.png")
+    plots.confusion(test["confusion_matrix"], run_dir / "confusion_matrix.png")
+    plots.misclassified(data.test_images, data.test_labels, test_probs, run_dir / "misclassified.png")
+    train_seconds = float(sum(trainer.epoch_seconds))
+    return {
+        "test_accuracy": test["accuracy"],
+        "validation_accuracy": val_accuracy,
+        "train_accuracy": float((train_probs.argmax(axis=1) == train_labels).mean()),
+        "per_class_test_accuracy": test["per_class_accuracy"],
+        "final_loss": float(losses[-20:].mean()) if len(losses) else None,
+        "iterations_to_loss_0.1": smoothed_crossing(losses),
+        "iterations": trainer.iteration,
+        "epochs": trainer.epoch,
+        "seconds_per_epoch": train_seconds / max(len(trainer.epoch_seconds), 1),
+        "epoch_seconds": trainer.epoch_seconds,
+        "train_images_per_s": len(trainer.train_idx) * trainer.epoch / train_seconds if train_seconds else None,
+        "numba_compile_s": compile_s,
+        "backend": trainer.config.backend,
+        "threads": trainer.threads,
+    }
+
+
+def record(metrics_file, entry):
+    metrics_file.write(json.dumps(entry) + "\n")
+
+
+def read_metrics(path, upto_iteration=None):
+    """Records of metrics.jsonl (up to an iteration, for a resumed run)."""
+    entries = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                entry = json.loads(line)
+                if upto_iteration is None or entry["iteration"] <= upto_iteration:
+                    entries.append(entry)
+    return entries

@@ -1,0 +1,129 @@
+"""The trainer: run directory, determinism, resume, stops, bad settings."""
+
+import json
+import signal
+
+import numpy as np
+import pytest
+
+from fastlenet.storage import load_model, load_tensors
+from fastlenet.train import ConfigError, TrainConfig, TrainingStopped, train
+from conftest import synthetic_mnist
+
+DATA = synthetic_mnist()
+
+
+def config(tmp_path, name="run", **overrides):
+    settings = dict(epochs=2, batch_size=64, eval_every=4, val_size=100, out=str(tmp_path / name), quiet=True)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_run_directory_holds_everything(tmp_path):
+    summary = train(config(tmp_path), data=DATA)
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoint.safetensors",
+                 "loss.png", "val_accuracy.png", "confusion_matrix.png", "misclassified.png"):
+        assert (run / name).is_file(), name
+    for png in run.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    iters = [r for r in records if r["type"] == "iter"]
+    assert [r["iteration"] for r in iters] == list(range(1, 17))  # 500 images / 64 -> 8 batches x 2 epochs
+    assert sum(r["type"] == "eval" for r in records) == 2 + 2  # every 4 iterations within an epoch + each epoch end
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["config"]["lr"] == 1e-3 and len(stored["data"]["validation_indices"]) == 100
+    assert stored["environment"]["numba"] and stored["threads"]["blas"] == 1
+    assert summary == json.loads((run / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.9 and summary["train_accuracy"] > 0.9  # the synthetic classes are easy
+    assert summary["epochs"] == 2 and summary["iterations"] == 16 and summary["train_images_per_s"] > 0
+    assert load_model(run / "model.safetensors").dtype == np.float32
+
+
+def test_same_seed_same_run_bit_for_bit(tmp_path):
+    a = train(config(tmp_path, "a", epochs=1), data=DATA)
+    b = train(config(tmp_path, "b", epochs=1), data=DATA)
+    c = train(config(tmp_path, "c", epochs=1, seed=1), data=DATA)
+    wa, wb, wc = (load_tensors(tmp_path / r / "model.safetensors")[0] for r in "abc")
+    for name in wa:
+        np.testing.assert_array_equal(wa[name], wb[name])
+    assert any(not np.array_equal(wa[k], wc[k]) for k in wa)
+    for key in ("test_accuracy", "validation_accuracy", "train_accuracy", "final_loss"):
+        assert a[key] == b[key]
+
+
+class SignalAfter:
+    """A progress bar that sends this process a signal after `steps` updates."""
+
+    count = 0
+
+    def __init__(self, steps, signum):
+        self.steps, self.signum = steps, signum
+
+    def __call__(self, **kwargs):
+        return self
+
+    def update(self, n=1):
+        SignalAfter.count += 1
+        if SignalAfter.count == self.steps:
+            signal.raise_signal(self.signum)
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_then_resume_is_bit_exact(tmp_path, signum):
+    whole = train(config(tmp_path, "whole", epochs=3, quiet=False), data=DATA, progress=SignalAfter(0, signum))
+    SignalAfter.count = 0
+    with pytest.raises(TrainingStopped, match=f"stopped by {signal.Signals(signum).name} at iteration 11.*--resume"):
+        train(config(tmp_path, "cut", epochs=3, quiet=False), data=DATA, progress=SignalAfter(11, signum))
+    assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["iteration"] == 11
+    resumed = train(TrainConfig(quiet=True), resume=tmp_path / "cut", data=DATA)
+    w1, w2 = (load_tensors(tmp_path / r / "model.safetensors")[0] for r in ("whole", "cut"))
+    for name in w1:
+        np.testing.assert_array_equal(w1[name], w2[name])
+    assert resumed["test_accuracy"] == whole["test_accuracy"] and resumed["final_loss"] == whole["final_loss"]
+
+    def without_timings(run):
+        records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if "seconds" not in k and k != "time_s"} for r in records]
+
+    assert without_timings("cut") == without_timings("whole")  # every loss and validation accuracy
+
+
+def test_non_finite_loss_stops_with_the_iteration(tmp_path):
+    with pytest.raises(TrainingStopped, match=r"loss is (nan|inf) at iteration \d+ \(epoch 1\)"):
+        train(config(tmp_path, optimizer="sgd", lr=1e12), data=DATA)
+
+
+def test_refuses_to_mix_runs(tmp_path):
+    train(config(tmp_path, epochs=1), data=DATA)
+    with pytest.raises(ConfigError, match="already holds a run: pass --resume"):
+        train(config(tmp_path, epochs=1), data=DATA)
+    train(config(tmp_path, epochs=1), overwrite=True, data=DATA)
+    with pytest.raises(ConfigError, match="already finished"):
+        train(TrainConfig(), resume=tmp_path / "run", data=DATA)
+
+
+def test_bad_settings(tmp_path):
+    with pytest.raises(ConfigError, match="--batch-size must be >= 1, got 0"):
+        train(config(tmp_path, batch_size=0), data=DATA)
+    with pytest.raises(ConfigError, match="--optimizer must be adam or sgd"):
+        train(config(tmp_path, optimizer="rmsprop"), data=DATA)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        train(config(tmp_path, out=str(blocker)), data=DATA)
+
+
+@pytest.mark.slow
+def test_real_mnist_short_run_learns(tmp_path, real_mnist):
+    """A few hundred iterations on real MNIST already give > 95 % on the full test set."""
+    summary = train(config(tmp_path, epochs=2, batch_size=128, limit_train=20000, eval_every=100, val_size=1000),
+                    data=real_mnist)
+    assert summary["iterations"] == 2 * 157
+    assert summary["test_accuracy"] >= 0.95
