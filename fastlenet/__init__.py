@@ -5,3 +5,7 @@
 """
 
 __version__ = "0.1.0"
+
+from .env import set_threads  # noqa: E402
+
+__all__ = ["set_threads", "__version__"]

@@ -60,6 +60,28 @@ def build_parser():
     a = sub.add_parser("data", help="where MNIST is; verify it; download it with --download")
     add_data_dir(a)
     a.add_argument("--download", action="store_true")
+
+    b = sub.add_parser("bench", help="fast vs reference (and PyTorch when installed): speed and agreement")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--threads", type=int, help="Numba (and PyTorch) threads (default: all cores)")
+    b.add_argument("--blas-threads", type=int, default=1)
+    b.add_argument("--repeats", type=int, default=20, help="timed runs per fast measurement (median)")
+    b.add_argument("--reference-repeats", type=int, default=3, help="timed runs per reference measurement")
+    b.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
+    b.add_argument("--no-torch", action="store_true", help="do not compare with PyTorch even if installed")
+    b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    add_data_dir(b)
+
+    f = sub.add_parser("profile", help="per-layer time of training steps")
+    f.add_argument("--steps", type=int, default=50)
+    f.add_argument("--batch-size", type=int, default=256)
+    f.add_argument("--backend", choices=["fast", "reference"], default="fast")
+    f.add_argument("--threads", type=int)
+    f.add_argument("--blas-threads", type=int, default=1)
+    f.add_argument("--trace", metavar="FILE", help="write a Chrome trace-event JSON (Perfetto, chrome://tracing)")
+    f.add_argument("--cprofile", metavar="FILE", help="write a cProfile dump of the same steps")
+    f.add_argument("--json", action="store_true")
+    add_data_dir(f)
     return parser
 
 
@@ -117,7 +139,34 @@ def cmd_data(args):
         print(f"ok  {path}  {'x'.join(map(str, array.shape))}  sha256 verified")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data}
+def positive(**values):
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise FastLeNetError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def cmd_bench(args):
+    from .benchmark import format_bench, run_bench
+    from .storage import write_json
+    positive(batch_size=args.batch_size, repeats=args.repeats, reference_repeats=args.reference_repeats,
+             threads=args.threads, blas_threads=args.blas_threads)
+    result = run_bench(args.batch_size, args.threads, args.blas_threads, args.repeats, args.reference_repeats,
+                       args.data_dir, layers=not args.no_layers, with_torch=not args.no_torch)
+    print(format_bench(result))
+    if args.json:
+        write_json(args.json, result)
+
+
+def cmd_profile(args):
+    from .profiler import format_profile, profile_training
+    positive(steps=args.steps, batch_size=args.batch_size, threads=args.threads, blas_threads=args.blas_threads)
+    result = profile_training(args.steps, args.batch_size, args.backend, args.threads, args.blas_threads,
+                              args.data_dir, args.trace, args.cprofile)
+    print(json.dumps(result) if args.json else format_profile(result))
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
+            "bench": cmd_bench, "profile": cmd_profile}
 
 
 def main(argv=None):

@@ -39,6 +39,7 @@ class LeNet5:
             self.f6, L.ReLU(),
             self.f7,
         ]
+        self.layer_names = ["c1", "s2", "relu2", "c3", "s4", "relu4", "flatten", "f5", "relu5", "f6", "relu6", "f7"]
         self.named_params = {f"{name}.{kind}": getattr(getattr(self, name), kind)
                              for name in ("c1", "c3", "f5", "f6", "f7") for kind in ("weight", "bias")}
         self.params = list(self.named_params.values())

@@ -1,0 +1,195 @@
+"""`fastlenet bench`: what the fast engine buys on this machine, measured.
+
+Per-layer forward/backward, a whole training step and inference, fast vs
+reference (and PyTorch when installed), interleaved so that a noisy machine
+slows every contender alike; medians of repeats after a warm-up; and, in the
+same run, the largest difference between fast and reference results.
+"""
+
+import time
+
+import numba
+import numpy as np
+
+from . import kernels
+from .data import FILES, load_mnist, locate, preprocess, search_dirs
+from .env import environment, set_threads
+from .losses import SoftmaxCrossEntropy
+from .models import LeNet5
+from .workloads import LAYERS, layer_case, train_step, training_setup
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def interleaved(contenders, repeats):
+    """{name: fn} -> {name: median seconds}, running the contenders in turn each round."""
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def kernel_cache_stats():
+    """Numba dispatchers' compile/cache counters: did the warm-up compile or load from disk?"""
+    hits = misses = 0
+    for name in kernels.__all__:
+        stats = getattr(kernels, name).stats
+        hits += sum(stats.cache_hits.values())
+        misses += sum(stats.cache_misses.values())
+    return {"cache_hits": hits, "cache_misses": misses}
+
+
+def raw_mnist(n, data_dir=None):
+    """n uint8 training images and labels: real MNIST when the files are on disk
+    (never downloads), else random pixels, and which of the two it is."""
+    if all(locate(name, search_dirs(data_dir)) for name in FILES):
+        data = load_mnist(data_dir, download_missing=False)
+        return data.train_images[:n], data.train_labels[:n].astype(np.int64), "MNIST"
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n), "synthetic (MNIST not found)"
+
+
+def mnist_batch(batch, data_dir=None):
+    images, labels, source = raw_mnist(batch, data_dir)
+    return preprocess(images), labels, source
+
+
+def max_abs_diff(x, labels):
+    """Largest |fast - reference| over logits and every gradient, same seed and batch, float32."""
+    results = {}
+    for backend in ("fast", "reference"):
+        model, loss = LeNet5(backend, seed=0), SoftmaxCrossEntropy()
+        logits = model.forward(x)
+        loss.forward(logits, labels)
+        model.backward(loss.backward())
+        results[backend] = {"logits": logits, **{name: p.grad for name, p in model.named_params.items()}}
+    return {k: float(np.max(np.abs(results["fast"][k].astype(np.float64) - results["reference"][k])))
+            for k in results["fast"]}
+
+
+def torch_contenders(x, labels, threads):
+    """The same LeNet-5 step and inference in PyTorch, or None when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(1, 6, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(6, 16, 5), nn.MaxPool2d(2),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                          nn.Linear(84, 10))
+    opt, loss_fn = torch.optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss()
+    tx, ty = torch.from_numpy(x), torch.from_numpy(labels)
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(tx), ty).backward()
+        opt.step()
+
+    def infer():
+        with torch.no_grad():
+            model(tx)
+
+    return {"version": torch.__version__, "threads": torch.get_num_threads(), "step": step, "infer": infer}
+
+
+def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, reference_repeats=3, data_dir=None,
+              layers=True, with_torch=True):
+    thread_settings = set_threads(threads, blas_threads)
+    x, labels, source = mnist_batch(batch_size, data_dir)
+
+    start = time.perf_counter()
+    fast_model, fast_opt, fast_loss = training_setup("fast")
+    train_step(fast_model, fast_opt, fast_loss, x, labels)  # compiles, or loads Numba's disk cache
+    compile_s = time.perf_counter() - start
+    ref_model, ref_opt, ref_loss = training_setup("reference")
+
+    result = {"batch_size": batch_size, "repeats": repeats, "reference_repeats": reference_repeats,
+              "data": source, "threads": thread_settings, "compile_s": compile_s, "numba_cache": kernel_cache_stats()}
+
+    if layers:
+        result["layers"] = {}
+        for name in LAYERS:
+            row = {}
+            for backend, n in (("fast", repeats), ("reference", reference_repeats)):
+                layer, lx = layer_case(name, backend, batch_size)
+                y = layer.forward(lx)
+                dy = np.random.default_rng(1).standard_normal(y.shape).astype(y.dtype)
+                layer.backward(dy)
+                row[f"{backend}_forward_s"] = median_time(lambda: layer.forward(lx), n)
+                row[f"{backend}_backward_s"] = median_time(lambda: layer.backward(dy), n)
+            row["forward_speedup"] = row["reference_forward_s"] / row["fast_forward_s"]
+            row["backward_speedup"] = row["reference_backward_s"] / row["fast_backward_s"]
+            result["layers"][name] = row
+
+    torch = torch_contenders(x, labels, thread_settings["numba"]) if with_torch else None
+    steps = {"fast": lambda: train_step(fast_model, fast_opt, fast_loss, x, labels)}
+    infers = {"fast": lambda: fast_model.forward(x)}
+    if torch:
+        torch["step"](), torch["infer"]()  # warm-up
+        steps["torch"], infers["torch"] = torch["step"], torch["infer"]
+    step_times, infer_times = interleaved(steps, repeats), interleaved(infers, repeats)
+    ref_step = median_time(lambda: train_step(ref_model, ref_opt, ref_loss, x, labels), reference_repeats)
+    ref_infer = median_time(lambda: ref_model.forward(x), reference_repeats)
+
+    result["train_step"] = {"fast_s": step_times["fast"], "reference_s": ref_step,
+                            "speedup": ref_step / step_times["fast"]}
+    result["inference"] = {"fast_s": infer_times["fast"], "reference_s": ref_infer,
+                           "fast_images_per_s": batch_size / infer_times["fast"],
+                           "reference_images_per_s": batch_size / ref_infer, "speedup": ref_infer / infer_times["fast"]}
+    result["max_abs_diff"] = max_abs_diff(x, labels)
+    if torch:
+        result["torch"] = {"version": torch["version"], "threads": torch["threads"],
+                           "train_step_s": step_times["torch"], "ratio": step_times["fast"] / step_times["torch"],
+                           "inference_images_per_s": batch_size / infer_times["torch"],
+                           "inference_ratio": infer_times["fast"] / infer_times["torch"]}
+    result["env"] = environment()
+    result["env"]["numba_threading_layer"] = numba.threading_layer()
+    return result
+
+
+def format_bench(r):
+    """The human-readable report of run_bench's result."""
+    ms = lambda s: f"{s * 1e3:9.3f}"  # noqa: E731
+    lines = [f"fastlenet bench: batch {r['batch_size']}, float32, {r['data']} data; medians of {r['repeats']} "
+             f"runs (reference: {r['reference_repeats']}) after a warm-up",
+             f"threads: Numba {r['threads']['numba']}, BLAS {r['threads']['blas']}; first step (Numba compile or "
+             f"cache load): {r['compile_s']:.2f} s ({r['numba_cache']['cache_misses']} compiled, "
+             f"{r['numba_cache']['cache_hits']} from cache)", ""]
+    if "layers" in r:
+        lines.append(f"{'layer':<14}{'pass':<10}{'reference ms':>13}{'fast ms':>10}{'speedup':>9}")
+        for name, row in r["layers"].items():
+            for direction in ("forward", "backward"):
+                lines.append(f"{name:<14}{direction:<10}{ms(row[f'reference_{direction}_s']):>13}"
+                             f"{ms(row[f'fast_{direction}_s']):>10}{row[f'{direction}_speedup']:>8.1f}x")
+        lines.append("")
+    t, i = r["train_step"], r["inference"]
+    lines += [f"training step (forward + backward + Adam): reference {ms(t['reference_s'])} ms, "
+              f"fast {ms(t['fast_s'])} ms -> {t['speedup']:.1f}x",
+              f"inference: reference {i['reference_images_per_s']:,.0f} images/s, fast {i['fast_images_per_s']:,.0f} "
+              f"images/s -> {i['speedup']:.1f}x"]
+    if "torch" in r:
+        tt = r["torch"]
+        lines.append(f"PyTorch {tt['version']} ({tt['threads']} threads), interleaved: step {ms(tt['train_step_s'])} ms, "
+                     f"inference {tt['inference_images_per_s']:,.0f} images/s; fastlenet / PyTorch step time = "
+                     f"{tt['ratio']:.2f}")
+    else:
+        lines.append("PyTorch: not installed (pip install -e \".[compare]\" to compare)")
+    worst = max(r["max_abs_diff"].items(), key=lambda kv: kv[1])
+    lines.append(f"fast vs reference on this batch: max |difference| {worst[1]:.2e} ({worst[0]}); "
+                 f"logits {r['max_abs_diff']['logits']:.2e}")
+    e = r["env"]
+    lines.append(f"env: {e['cpu']}, {e['cores']} cores; Python {e['python']}, NumPy {e['numpy']}, Numba {e['numba']} "
+                 f"({e['numba_threading_layer']}), llvmlite {e['llvmlite']}; BLAS "
+                 + ", ".join(f"{b['library']} {b['version']} ({b['threads']} threads)" for b in e["blas"]))
+    return "\n".join(lines)

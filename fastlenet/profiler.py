@@ -1,0 +1,116 @@
+"""`fastlenet profile`: where a training step's time goes, layer by layer.
+
+Timers are attached to a model's layers only while profiling, by wrapping
+their methods on the instance, so an unprofiled model runs untouched code.
+"""
+
+import cProfile
+import json
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from .benchmark import raw_mnist
+from .data import preprocess
+from .env import set_threads
+from .workloads import training_setup
+
+
+class Recorder:
+    """Collects (name, start, duration) spans, one per layer pass per step."""
+
+    def __init__(self):
+        self.spans = []
+        self.origin = time.perf_counter()
+
+    def timed(self, name, fn):
+        def wrapper(*args):
+            start = time.perf_counter()
+            out = fn(*args)
+            self.spans.append((name, start - self.origin, time.perf_counter() - start))
+            return out
+        return wrapper
+
+    def instrument(self, model, optimizer, loss):
+        for name, layer in zip(model.layer_names, model.layers):
+            layer.forward = self.timed(f"{name}.forward", layer.forward)
+            layer.backward = self.timed(f"{name}.backward", layer.backward)
+        optimizer.step = self.timed("optimizer.step", optimizer.step)
+        loss.forward = self.timed("loss.forward", loss.forward)
+        loss.backward = self.timed("loss.backward", loss.backward)
+
+    def chrome_trace(self):
+        """Trace-event JSON (Perfetto, chrome://tracing): complete events in microseconds."""
+        return {"traceEvents": [{"name": name, "ph": "X", "ts": start * 1e6, "dur": dur * 1e6, "pid": 1, "tid": 1,
+                                 "cat": name.split(".")[-1]} for name, start, dur in self.spans],
+                "displayTimeUnit": "ms"}
+
+
+def profile_training(steps=50, batch_size=256, backend="fast", threads=None, blas_threads=1, data_dir=None,
+                     trace=None, cprofile=None, warmup=3):
+    thread_settings = set_threads(threads, blas_threads)
+    images, labels, source = raw_mnist(batch_size * 8, data_dir)
+    model, optimizer, loss = training_setup(backend)
+    rng = np.random.default_rng(0)
+
+    def batch():
+        idx = rng.integers(0, len(images), batch_size)
+        return preprocess(images[idx]), labels[idx]  # as the trainer loads a batch
+
+    def step(recorder=None):
+        t0 = time.perf_counter()
+        x, y = batch()
+        if recorder:
+            recorder.spans.append(("data", t0 - recorder.origin, time.perf_counter() - t0))
+        loss.forward(model.forward(x), y)
+        model.backward(loss.backward())
+        optimizer.step()
+
+    for _ in range(warmup):  # compile, fill caches
+        step()
+    recorder = Recorder()
+    recorder.instrument(model, optimizer, loss)
+    profiler = cProfile.Profile() if cprofile else None
+    wall = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    for _ in range(steps):
+        s0 = time.perf_counter()
+        step(recorder)
+        recorder.spans.append(("step", s0 - recorder.origin, time.perf_counter() - s0))
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(cprofile)
+    wall = time.perf_counter() - wall
+    if trace:
+        with open(trace, "w") as f:
+            json.dump(recorder.chrome_trace(), f)
+
+    totals = defaultdict(float)
+    for name, _, dur in recorder.spans:
+        totals[name] += dur
+    step_ms = 1e3 * totals.pop("step") / steps
+    rows = []
+    for name in model.layer_names:
+        fwd, bwd = (1e3 * totals.get(f"{name}.{p}", 0.0) / steps for p in ("forward", "backward"))
+        rows.append({"name": name, "forward_ms": fwd, "backward_ms": bwd})
+    rows.append({"name": "loss", "forward_ms": 1e3 * totals["loss.forward"] / steps,
+                 "backward_ms": 1e3 * totals["loss.backward"] / steps})
+    rows.append({"name": "optimizer", "forward_ms": 0.0, "backward_ms": 1e3 * totals["optimizer.step"] / steps})
+    rows.append({"name": "data", "forward_ms": 1e3 * totals["data"] / steps, "backward_ms": 0.0})
+    for row in rows:
+        row["share"] = (row["forward_ms"] + row["backward_ms"]) / step_ms
+    return {"backend": backend, "steps": steps, "batch_size": batch_size, "data": source, "threads": thread_settings,
+            "step_ms": step_ms, "wall_s": wall, "rows": rows}
+
+
+def format_profile(p):
+    lines = [f"fastlenet profile: {p['backend']} backend, {p['steps']} steps of batch {p['batch_size']} "
+             f"({p['data']}), Numba {p['threads']['numba']} / BLAS {p['threads']['blas']} threads",
+             f"{'part':<12}{'forward ms':>12}{'backward ms':>13}{'share':>8}"]
+    for row in p["rows"]:
+        lines.append(f"{row['name']:<12}{row['forward_ms']:>12.3f}{row['backward_ms']:>13.3f}{row['share']:>8.1%}")
+    covered = sum(r["share"] for r in p["rows"])
+    lines.append(f"{'step':<12}{p['step_ms']:>25.3f} ms  (timed parts cover {covered:.1%}; the rest is Python glue)")
+    return "\n".join(lines)

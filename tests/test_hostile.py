@@ -1,0 +1,84 @@
+"""Arbitrary bytes into the IDX reader and the weights loader: a valid result or the
+documented exception, nothing else."""
+
+import gzip
+import struct
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastlenet.data import DataError, parse_idx, read_idx
+from fastlenet.errors import WeightsError
+from fastlenet.models import LeNet5
+from fastlenet.storage import load_model, save_model
+
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def idx_header(type_code, dims):
+    return struct.pack(">HBB", 0, type_code, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+
+
+@FAST
+@given(st.binary(max_size=512))
+def test_idx_parser_on_arbitrary_bytes(payload):
+    try:
+        array = parse_idx(payload)
+    except DataError:
+        return
+    assert array.size * array.dtype.itemsize == len(payload) - 4 - 4 * array.ndim
+
+
+@FAST
+@given(st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E]), st.lists(st.integers(0, 6), min_size=1, max_size=3),
+       st.integers(-8, 8))
+def test_idx_parser_on_plausible_headers(type_code, dims, slack):
+    itemsize = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}[type_code]
+    expected = int(np.prod(dims)) * itemsize
+    body = bytes(max(0, expected + slack))
+    try:
+        array = parse_idx(idx_header(type_code, dims) + body)
+    except DataError:
+        assert len(body) != expected
+        return
+    assert list(array.shape) == dims and len(body) == expected
+
+
+def test_idx_reader_refuses_huge_headers(tmp_path):
+    path = tmp_path / "huge.gz"
+    path.write_bytes(gzip.compress(idx_header(0x08, [4_000_000_000, 28, 28])))
+    try:
+        read_idx(path)
+    except DataError as e:
+        assert "header says" in str(e)
+    else:
+        raise AssertionError("a header promising 3 TB was accepted")
+
+
+@FAST
+@given(st.binary(max_size=2048))
+def test_weights_loader_on_arbitrary_bytes(tmp_path, content):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(content)
+    try:
+        load_model(path)
+    except WeightsError:
+        pass
+
+
+@FAST
+@given(st.data())
+def test_weights_loader_on_corrupted_real_files(tmp_path, data):
+    path = tmp_path / "w.safetensors"
+    save_model(path, LeNet5())
+    raw = bytearray(path.read_bytes())
+    for _ in range(data.draw(st.integers(1, 8))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    path.write_bytes(bytes(raw[:cut]))
+    try:
+        model = load_model(path)
+    except WeightsError:
+        return
+    assert all(p.value.shape == q.value.shape for p, q in zip(model.params, LeNet5().params))

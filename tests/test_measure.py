@@ -1,0 +1,71 @@
+"""`fastlenet bench` and `fastlenet profile`: their outputs, on tiny runs (timings are not asserted)."""
+
+import json
+import pstats
+
+import pytest
+
+from fastlenet.benchmark import format_bench, run_bench
+from fastlenet.cli import main
+from fastlenet.profiler import format_profile, profile_training
+
+
+@pytest.fixture(autouse=True)
+def no_mnist(tmp_path, monkeypatch):
+    """Nothing to find: these runs use (and must say they use) synthetic data."""
+    monkeypatch.delenv("FASTLENET_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_bench_reports_the_documented_schema(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--batch-size", "4", "--repeats", "2", "--reference-repeats", "1", "--no-torch",
+                 "--json", str(out), "--data-dir", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["data"].startswith("synthetic")  # no MNIST in tmp_path and none downloaded
+    for key in ("fast_s", "reference_s", "speedup"):
+        assert r["train_step"][key] > 0
+    assert r["inference"]["fast_images_per_s"] > 0 and r["compile_s"] > 0
+    assert set(r["layers"]) == {"conv2d-c1", "maxpool2d-s2", "relu-s2", "conv2d-c3", "maxpool2d-s4",
+                                "linear-f5", "linear-f6", "linear-f7"}
+    assert max(r["max_abs_diff"].values()) < 1e-4 and set(r["max_abs_diff"]) >= {"logits", "c1.weight", "f7.bias"}
+    assert r["env"]["numba"] and r["env"]["blas"] and r["threads"]["blas"] == 1
+    assert "torch" not in r
+    assert "medians of 2 runs (reference: 1)" in text and "conv2d-c3     backward" in text
+    assert "PyTorch: not installed" in text or "pip install" in text
+
+
+def test_bench_with_pytorch_when_installed():
+    pytest.importorskip("torch", reason="PyTorch is an optional peer (pip install -e '.[compare]')")
+    r = run_bench(batch_size=4, repeats=2, reference_repeats=1, layers=False)
+    assert r["torch"]["train_step_s"] > 0 and r["torch"]["ratio"] == pytest.approx(
+        r["train_step"]["fast_s"] / r["torch"]["train_step_s"])
+    assert "fastlenet / PyTorch step time" in format_bench(r)
+
+
+def test_profile_table_trace_and_cprofile(tmp_path):
+    trace, dump = tmp_path / "trace.json", tmp_path / "steps.prof"
+    p = profile_training(steps=3, batch_size=8, trace=str(trace), cprofile=str(dump), data_dir=str(tmp_path))
+    names = [row["name"] for row in p["rows"]]
+    assert names[:3] == ["c1", "s2", "relu2"] and names[-3:] == ["loss", "optimizer", "data"]
+    assert 0.5 < sum(row["share"] for row in p["rows"]) <= 1.0 + 1e-9
+    events = json.loads(trace.read_text())["traceEvents"]
+    passes = [e for e in events if e["name"].endswith((".forward", ".backward")) and not e["name"].startswith("loss")]
+    assert len(passes) == 3 * 12 * 2  # one span per layer pass per step
+    assert all(e["ph"] == "X" and e["dur"] >= 0 for e in events)
+    assert pstats.Stats(str(dump)).total_calls > 0
+    text = format_profile(p)
+    assert "forward ms" in text and "c3" in text
+
+
+def test_profiling_leaves_unprofiled_models_alone():
+    from fastlenet.workloads import training_setup
+    model, _, _ = training_setup("fast")
+    assert "forward" not in vars(model.layers[0])  # class methods, no wrappers
+
+
+def test_bad_measure_flags(capsys):
+    assert main(["bench", "--repeats", "0"]) == 1
+    assert "--repeats must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["profile", "--steps", "0"]) == 1
