@@ -95,6 +95,7 @@ def test_signal_then_resume_is_bit_exact(tmp_path, signum):
     assert without_timings("cut") == without_timings("whole")  # every loss and validation accuracy
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_non_finite_loss_stops_with_the_iteration(tmp_path):
     with pytest.raises(TrainingStopped, match=r"loss is (nan|inf) at iteration \d+ \(epoch 1\)"):
         train(config(tmp_path, optimizer="sgd", lr=1e12), data=DATA)
