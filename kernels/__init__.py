@@ -10,4 +10,5 @@ from .direct import conv_forward, conv_input_grad, conv_weight_grad
 from .im2col import gather_windows
 from .pool import maxpool_backward, maxpool_forward
 
-__all__ = ["col2im", "conv_forward", "conv_input_grad", "conv_weight_grad", "gather_windows", "maxpool_forward", "maxpool_backward"]
+__all__ = ["col2im", "conv_forward", "conv_input_grad", "conv_weight_grad", "gather_windows", "maxpool_forward",
+           "maxpool_backward"]

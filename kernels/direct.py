@@ -1,30 +1,45 @@
-"""Direct stride-1 convolution on flattened planes ("wide" rows).
+"""Direct stride-1 convolution on flattened, channel-major planes.
 
-With stride 1, output pixel (i, j) reads input pixels (i + a) * WP + (j + b)
-of the flattened padded plane. Computing the output on a grid as wide as the
-input (OH rows of WP, of which the first OW are real) turns every kernel tap
-(a, b) into one long contiguous multiply-add over the whole plane:
+With stride 1, output pixel (i, j) of an image reads input pixels
+(i + a) * WP + (j + b) of its flattened padded plane. Lay the batch out
+channel-major, x[c, n * HP*WP + i * WP + j], and compute the output on the
+input's own grid: every kernel tap (c, a, b) becomes one long contiguous
+multiply-add over many images at once,
 
-    y_wide[f, p] += w[f, c, a, b] * x_flat[c, p + a * WP + b],  p < L = (OH - 1) * WP + OW
+    y[f, p] += w[f, c, a, b] * x[c, p + a * WP + b]
 
-Long unit-stride loops are what LLVM vectorises; LeNet's 5-wide windows
-are not. The WP - OW extra columns per row are discarded (forward) or hold
-zeros (backward).
+Grid positions outside the OH x OW output of their image are computed and
+discarded (forward) or hold zeros (backward). Long unit-stride loops are what
+LLVM vectorises; LeNet's 5-wide windows and 10-wide rows are not.
+
+Work is split into chunks of whole images (about CHUNK_FLOATS grid points),
+one task per chunk or per (filter, channel) pair: every output element has
+one writer and a fixed summation order, whatever the thread count.
 """
 
 import numpy as np
 from numba import njit, prange
+
+# Grid points per task, measured on LeNet's shapes: forward and weight gradient
+# stream one row per tap through L2; the input gradient keeps four dy rows and
+# one dx row of the chunk in L1.
+CHUNK_FLOATS = 4096
+INPUT_GRAD_CHUNK_FLOATS = 1024
 
 # Reassociation lets LLVM vectorise the dot products; the order is still fixed
 # by the compiled code, so results stay the same from run to run.
 REDUCE = {"reassoc", "contract"}
 
 
+def images_per_chunk(plane, floats=CHUNK_FLOATS):
+    return max(1, floats // plane)
+
+
 @njit(inline="always")
 def axpy(alpha, x, y):
     """y += alpha * x over 1-D views. Indexing slices from 0 (rather than
     x[off + p]) is what lets LLVM vectorise: about 8x faster here."""
-    for p in range(x.shape[0]):
+    for p in range(y.shape[0]):
         y[p] += alpha * x[p]
 
 
@@ -44,86 +59,120 @@ def dot(x, y):
     return s
 
 
+@njit(inline="always", fastmath=REDUCE)
+def dot4(g, x0, x1, x2, x3):
+    """Four dot products sharing g: one load of g per four multiply-adds."""
+    s0 = s1 = s2 = s3 = g.dtype.type(0)
+    for p in range(g.shape[0]):
+        s0 += g[p] * x0[p]
+        s1 += g[p] * x1[p]
+        s2 += g[p] * x2[p]
+        s3 += g[p] * x3[p]
+    return s0, s1, s2, s3
+
+
 @njit(inline="always")
-def tap(x, img, t, kh, kw, width, length):
-    """The input run that kernel tap t = (c, a, b) multiplies: x[img, c, a*WP + b :][:length]."""
-    ch, a, b = t // (kh * kw), (t // kw) % kh, t % kw
-    off = a * width + b
-    return x[img, ch, off:off + length]
+def tap_offset(t, kh, kw, width):
+    """Kernel tap t = (c, a, b) in (C, KH, KW) order -> (c, a * WP + b)."""
+    return t // (kh * kw), ((t // kw) % kh) * width + t % kw
+
+
+@njit(inline="always")
+def chunk_bounds(task, plane, images, total):
+    start = task * images * plane
+    return start, min(total, start + images * plane)
 
 
 @njit(parallel=True, cache=True)
-def conv_forward(x, w, bias, width, out):
-    """x: (N, C, HP*WP) flattened padded input; w: (F, C, KH, KW); bias: (F,)
-    out: (N, F, OH, OW), overwritten. `width` is WP. One image per task."""
-    n, f, oh, ow = out.shape
-    _, c, kh, kw = w.shape
-    length = (oh - 1) * width + ow
+def conv_forward(x, w, bias, width, plane, images, out):
+    """x: (C, N*HP*WP) channel-major padded input; w: (F, C, KH, KW); bias: (F,)
+    out: (F, N*HP*WP), overwritten where an output pixel can start (the rest is left as is).
+    `width` is WP, `plane` HP*WP, `images` the images per task."""
+    c, total = x.shape
+    f, _, kh, kw = w.shape
     taps = c * kh * kw
-    for img in prange(n):
-        acc = np.empty((f, length), out.dtype)
+    reach = (kh - 1) * width + kw - 1  # the furthest a window reaches past its first pixel
+    for task in prange((total // plane + images - 1) // images):
+        start, stop = chunk_bounds(task, plane, images, total)
+        length = min(stop, total - reach) - start
         for fo in range(f):
-            acc[fo, :] = bias[fo]
-            wf = w[fo].ravel()  # taps in (c, a, b) order
+            acc = out[fo, start:start + length]
+            acc[:] = bias[fo]
+            wf = w[fo].ravel()
             t = 0
             while t + 4 <= taps:
-                axpy4(wf[t], tap(x, img, t, kh, kw, width, length),
-                      wf[t + 1], tap(x, img, t + 1, kh, kw, width, length),
-                      wf[t + 2], tap(x, img, t + 2, kh, kw, width, length),
-                      wf[t + 3], tap(x, img, t + 3, kh, kw, width, length), acc[fo])
+                c0, o0 = tap_offset(t, kh, kw, width)
+                c1, o1 = tap_offset(t + 1, kh, kw, width)
+                c2, o2 = tap_offset(t + 2, kh, kw, width)
+                c3, o3 = tap_offset(t + 3, kh, kw, width)
+                axpy4(wf[t], x[c0, start + o0:], wf[t + 1], x[c1, start + o1:],
+                      wf[t + 2], x[c2, start + o2:], wf[t + 3], x[c3, start + o3:], acc)
                 t += 4
             for r in range(t, taps):
-                axpy(wf[r], tap(x, img, r, kh, kw, width, length), acc[fo])
-            for i in range(oh):
-                for j in range(ow):
-                    out[img, fo, i, j] = acc[fo, i * width + j]
+                cr, o = tap_offset(r, kh, kw, width)
+                axpy(wf[r], x[cr, start + o:], acc)
 
 
 @njit(parallel=True, cache=True, fastmath=REDUCE)
-def conv_weight_grad(x, dy_wide, width, out_w, dw):
-    """dw[f, c, a, b] = sum over images and positions of dy * shifted x.
+def conv_weight_grad(x, dy, width, plane, images, dw):
+    """dw[f, c, a, b] = sum over grid points p of dy[f, p] * x[c, p + a*WP + b].
 
-    x: (N, C, HP*WP); dy_wide: (N, F, OH*WP), zero in the columns >= OW
-    dw: (F, C, KH, KW), overwritten. One (f, c) pair per task: one writer per
-    element, images summed in order, so any thread count gives the same bits.
+    x: (C, N*HP*WP); dy: (F, N*HP*WP), zero outside each image's OH x OW outputs
+    dw: (F, C, KH, KW), overwritten. One (f, c) pair per task, chunks summed in order.
     """
-    n, c, _ = x.shape
+    c, total = x.shape
     f, _, kh, kw = dw.shape
-    length = (dy_wide.shape[2] // width - 1) * width + out_w
+    taps = kh * kw
+    reach = (kh - 1) * width + kw - 1
     for task in prange(f * c):
         fo, ch = task // c, task % c
-        acc = np.zeros((kh, kw), dw.dtype)
-        for img in range(n):
-            for a in range(kh):
-                for b in range(kw):
-                    off = a * width + b
-                    acc[a, b] += dot(dy_wide[img, fo, :length], x[img, ch, off:off + length])
-        dw[fo, ch] = acc
+        acc = np.zeros(taps, dw.dtype)
+        for chunk in range((total // plane + images - 1) // images):
+            start, stop = chunk_bounds(chunk, plane, images, total)
+            length = min(stop, total - reach) - start
+            g = dy[fo, start:start + length]
+            t = 0
+            while t + 4 <= taps:
+                s0, s1, s2, s3 = dot4(g, x[ch, start + tap_offset(t, kh, kw, width)[1]:],
+                                      x[ch, start + tap_offset(t + 1, kh, kw, width)[1]:],
+                                      x[ch, start + tap_offset(t + 2, kh, kw, width)[1]:],
+                                      x[ch, start + tap_offset(t + 3, kh, kw, width)[1]:])
+                acc[t] += s0
+                acc[t + 1] += s1
+                acc[t + 2] += s2
+                acc[t + 3] += s3
+                t += 4
+            for r in range(t, taps):
+                acc[r] += dot(g, x[ch, start + tap_offset(r, kh, kw, width)[1]:])
+        dw[fo, ch] = acc.reshape(kh, kw)
 
 
 @njit(parallel=True, cache=True)
-def conv_input_grad(dy_wide, w, width, out_w, dx):
-    """dx_flat[c, p + a*WP + b] += w[f, c, a, b] * dy_wide[f, p]: the transposed convolution.
+def conv_input_grad(dy, w, width, plane, images, dx):
+    """dx[c, p + a*WP + b] += w[f, c, a, b] * dy[f, p]: the transposed convolution.
 
-    dy_wide: (N, F, OH*WP), zero in the columns >= OW; w: (F, C, KH, KW)
-    dx: (N, C, HP*WP) padded input gradient, overwritten. One image per task.
+    dy: (F, N*HP*WP), zero outside each image's OH x OW outputs; w: (F, C, KH, KW)
+    dx: (C, N*HP*WP) padded input gradient, overwritten. One chunk of images per
+    task; a valid output's window never leaves its image, so the task only
+    writes inside its chunk (what it skips at the chunk's end multiplies zeros).
     """
-    n, f, _ = dy_wide.shape
+    f, total = dy.shape
     _, c, kh, kw = w.shape
-    length = (dy_wide.shape[2] // width - 1) * width + out_w
-    for img in prange(n):
-        dx[img] = 0
-        g = dy_wide[img]
+    for task in prange((total // plane + images - 1) // images):
+        start, stop = chunk_bounds(task, plane, images, total)
         for ch in range(c):
-            for a in range(kh):
-                for b in range(kw):
-                    off = a * width + b
-                    target = dx[img, ch, off:off + length]
-                    fo = 0
-                    while fo + 4 <= f:
-                        axpy4(w[fo, ch, a, b], g[fo, :length], w[fo + 1, ch, a, b], g[fo + 1, :length],
-                              w[fo + 2, ch, a, b], g[fo + 2, :length], w[fo + 3, ch, a, b], g[fo + 3, :length],
-                              target)
-                        fo += 4
-                    for r in range(fo, f):
-                        axpy(w[r, ch, a, b], g[r, :length], target)
+            dx[ch, start:stop] = 0
+            # filters in fours, taps inside: four dy rows and one dx row stay in L1.
+            # dy[fo, start:] (int, slice) keeps the view contiguous for Numba; dy[:, start:][fo]
+            # would not, and would not vectorise
+            for fo in range(0, f - f % 4, 4):
+                for a in range(kh):
+                    for b in range(kw):
+                        off = a * width + b
+                        axpy4(w[fo, ch, a, b], dy[fo, start:], w[fo + 1, ch, a, b], dy[fo + 1, start:],
+                              w[fo + 2, ch, a, b], dy[fo + 2, start:], w[fo + 3, ch, a, b], dy[fo + 3, start:],
+                              dx[ch, start + off:stop])
+            for fo in range(f - f % 4, f):
+                for a in range(kh):
+                    for b in range(kw):
+                        axpy(w[fo, ch, a, b], dy[fo, start:], dx[ch, start + a * width + b:stop])
