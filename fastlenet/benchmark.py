@@ -6,6 +6,12 @@ slows every contender alike; medians of repeats after a warm-up; and, in the
 same run, the largest difference between fast and reference results.
 """
 
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numba
@@ -28,15 +34,27 @@ def median_time(fn, repeats):
     return float(np.median(times))
 
 
-def interleaved(contenders, repeats):
-    """{name: fn} -> {name: median seconds}, running the contenders in turn each round."""
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
+def timed_block(fn):
+    """fn -> run_block(k): one untimed call (other pools still spinning settle), then k timed calls."""
+    def run_block(k):
+        fn()
+        times = []
+        for _ in range(k):
             start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+            times.append(time.perf_counter() - start)
+        return times
+    return run_block
+
+
+def interleaved(contenders, repeats, block=5):
+    """{name: run_block} -> {name: median seconds}: the contenders take turns, a
+    block of runs each, so that they share the machine's noise."""
+    times = {name: [] for name in contenders}
+    while min(len(t) for t in times.values()) < repeats:
+        for name, run_block in contenders.items():
+            times[name] += run_block(block)
+    return {name: float(np.median(t[:repeats])) for name, t in times.items()}
 
 
 def kernel_cache_stats():
@@ -77,30 +95,33 @@ def max_abs_diff(x, labels):
             for k in results["fast"]}
 
 
-def torch_contenders(x, labels, threads):
-    """The same LeNet-5 step and inference in PyTorch, or None when it is not installed."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(threads)
-    nn = torch.nn
-    model = nn.Sequential(nn.Conv2d(1, 6, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(6, 16, 5), nn.MaxPool2d(2),
-                          nn.ReLU(), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                          nn.Linear(84, 10))
-    opt, loss_fn = torch.optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss()
-    tx, ty = torch.from_numpy(x), torch.from_numpy(labels)
+class TorchPeer:
+    """PyTorch's LeNet-5 in a child process (see fastlenet.torch_peer), or unavailable."""
 
-    def step():
-        opt.zero_grad()
-        loss_fn(model(tx), ty).backward()
-        opt.step()
+    def __init__(self, x, labels, threads):
+        self.proc = None
+        if importlib.util.find_spec("torch") is None:
+            return
+        self.dir = tempfile.TemporaryDirectory()
+        paths = [os.path.join(self.dir.name, name) for name in ("x.npy", "labels.npy")]
+        np.save(paths[0], x)
+        np.save(paths[1], labels)
+        self.proc = subprocess.Popen([sys.executable, "-m", "fastlenet.torch_peer", *paths, str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self.proc.stdout.readline())
 
-    def infer():
-        with torch.no_grad():
-            model(tx)
+    def block(self, what):
+        def run_block(k):
+            self.proc.stdin.write(f"{what} {k}\n")
+            self.proc.stdin.flush()
+            return json.loads(self.proc.stdout.readline())
+        return run_block
 
-    return {"version": torch.__version__, "threads": torch.get_num_threads(), "step": step, "infer": infer}
+    def close(self):
+        if self.proc:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+            self.dir.cleanup()
 
 
 def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, reference_repeats=3, data_dir=None,
@@ -132,13 +153,18 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
             row["backward_speedup"] = row["reference_backward_s"] / row["fast_backward_s"]
             result["layers"][name] = row
 
-    torch = torch_contenders(x, labels, thread_settings["numba"]) if with_torch else None
-    steps = {"fast": lambda: train_step(fast_model, fast_opt, fast_loss, x, labels)}
-    infers = {"fast": lambda: fast_model.forward(x)}
-    if torch:
-        torch["step"](), torch["infer"]()  # warm-up
-        steps["torch"], infers["torch"] = torch["step"], torch["infer"]
-    step_times, infer_times = interleaved(steps, repeats), interleaved(infers, repeats)
+    steps = {"fast": timed_block(lambda: train_step(fast_model, fast_opt, fast_loss, x, labels))}
+    infers = {"fast": timed_block(lambda: fast_model.forward(x))}
+    torch = TorchPeer(x, labels, thread_settings["numba"]) if with_torch else None
+    try:
+        if torch and torch.proc:
+            torch.block("step")(2)  # warm-up
+            torch.block("infer")(2)
+            steps["torch"], infers["torch"] = torch.block("step"), torch.block("infer")
+        step_times, infer_times = interleaved(steps, repeats), interleaved(infers, repeats)
+    finally:
+        if torch:
+            torch.close()
     ref_step = median_time(lambda: train_step(ref_model, ref_opt, ref_loss, x, labels), reference_repeats)
     ref_infer = median_time(lambda: ref_model.forward(x), reference_repeats)
 
@@ -148,8 +174,8 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
                            "fast_images_per_s": batch_size / infer_times["fast"],
                            "reference_images_per_s": batch_size / ref_infer, "speedup": ref_infer / infer_times["fast"]}
     result["max_abs_diff"] = max_abs_diff(x, labels)
-    if torch:
-        result["torch"] = {"version": torch["version"], "threads": torch["threads"],
+    if "torch" in step_times:
+        result["torch"] = {"version": torch.info["version"], "threads": torch.info["threads"],
                            "train_step_s": step_times["torch"], "ratio": step_times["fast"] / step_times["torch"],
                            "inference_images_per_s": batch_size / infer_times["torch"],
                            "inference_ratio": infer_times["fast"] / infer_times["torch"]}

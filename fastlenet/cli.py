@@ -36,6 +36,8 @@ def build_parser():
     t.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype)
     t.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
     t.add_argument("--blas-threads", type=int, default=d.blas_threads, help="BLAS threads (default 1: see README)")
+    t.add_argument("--deterministic", action="store_true",
+                   help="refuse settings whose results depend on thread scheduling (BLAS threads > 1)")
     add_data_dir(t)
     t.add_argument("--out", help="run directory (default runs/<timestamp>)")
     t.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every N iterations")
@@ -45,6 +47,8 @@ def build_parser():
     t.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    t.add_argument("--compare-reference", action="store_true",
+                   help="time 3 reference-backend steps on this run's first batches; record the speedup")
     t.add_argument("--quiet", action="store_true", help="print only the summary")
 
     e = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
@@ -87,13 +91,20 @@ def build_parser():
 
 def cmd_train(args):
     from .train import TrainConfig, train
+    if args.deterministic and args.blas_threads != 1:
+        raise FastLeNetError("--deterministic needs --blas-threads 1: a multi-threaded BLAS may split its sums "
+                             "differently from run to run")
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     config = TrainConfig(**fields)
-    summary = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress_bar)
+    summary = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress_bar,
+                    compare_reference=args.compare_reference)
     print(f"test accuracy {summary['test_accuracy']:.2%}  validation {summary['validation_accuracy']:.2%}  "
           f"train {summary['train_accuracy']:.2%}  |  {summary['seconds_per_epoch']:.2f} s/epoch, "
           f"{summary['train_images_per_s']:,.0f} images/s, compile {summary['numba_compile_s']:.2f} s  |  "
           f"run: {config.out if not args.resume else args.resume}")
+    if "speedup_vs_reference" in summary:
+        print(f"fast step {summary['fast_step_s'] * 1e3:.1f} ms (median) vs reference "
+              f"{summary['reference_step_s'] * 1e3:.0f} ms: {summary['speedup_vs_reference']:.0f}x")
 
 
 def cmd_evaluate(args):

@@ -11,7 +11,7 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_proba(model, images, chunk=1000, normalize=False):
+def predict_proba(model, images, chunk=256, normalize=False):
     """uint8 images (N, 28, 28) -> class probabilities (N, 10), `chunk` images at a time
     so memory stays bounded whatever N."""
     probs = np.empty((len(images), 10), np.float64)

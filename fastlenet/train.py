@@ -211,6 +211,21 @@ class Trainer:
         model.backward(loss.backward())
         return time.perf_counter() - start
 
+    def time_reference_steps(self, steps=3):
+        """Seconds per step of the reference (loop) backend on this run's first batches,
+        on a throwaway model and optimizer: the run itself is not touched."""
+        order = np.random.default_rng([self.config.seed, 0x5EED]).permutation(self.train_idx)
+        model = LeNet5("reference", self.dtype, seed=self.config.seed)
+        optimizer, loss, times = make_optimizer(self.config, model.params), SoftmaxCrossEntropy(), []
+        for k in range(steps):
+            x, y = self.batch(order[k * self.config.batch_size:(k + 1) * self.config.batch_size])
+            start = time.perf_counter()
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward())
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
     def run(self, metrics_file, stop):
         cfg = self.config
         batches_per_epoch = math.ceil(len(self.train_idx) / cfg.batch_size)
@@ -280,7 +295,7 @@ def smoothed_crossing(losses, threshold=0.1, window=20):
     return int(hits[0] + window) if len(hits) else None
 
 
-def train(config, resume=None, overwrite=False, data=None, progress=None, log=print):
+def train(config, resume=None, overwrite=False, data=None, progress=None, log=print, compare_reference=False):
     """Runs (or resumes) a training run and returns its summary.
 
     Raises TrainingStopped after a signal or a non-finite loss, with a checkpoint on disk.
@@ -307,6 +322,7 @@ def train(config, resume=None, overwrite=False, data=None, progress=None, log=pr
     started = time.perf_counter()
     trainer = Trainer(config, run_dir, data=data, progress=None if config.quiet else progress)
     compile_s = trainer.warm_up()
+    reference_step_s = trainer.time_reference_steps() if compare_reference else None
     if resume:
         trainer.load_checkpoint()
         kept = read_metrics(run_dir / "metrics.jsonl", upto_iteration=trainer.iteration)
@@ -323,6 +339,11 @@ def train(config, resume=None, overwrite=False, data=None, progress=None, log=pr
         trainer.run(metrics_file, stop)
 
     summary = finish(trainer, compile_s)
+    if reference_step_s is not None:
+        fast_step_s = float(np.median([m["time_s"] for m in read_metrics(run_dir / "metrics.jsonl")
+                                       if m["type"] == "iter"]))
+        summary.update(reference_step_s=reference_step_s, fast_step_s=fast_step_s,
+                       speedup_vs_reference=reference_step_s / fast_step_s)
     summary["total_s"] = time.perf_counter() - started
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -90,3 +90,56 @@ def test_killed_run_resumes_bit_exactly(tmp_path, real_mnist, uninterrupted, sig
         np.testing.assert_array_equal(weights[name], ref_weights[name])
     assert records == ref_records
     assert summary == ref_summary
+
+
+def test_kernels_give_the_same_bits_for_any_thread_count():
+    import numba
+
+    from fastlenet.models import LeNet5
+    from fastlenet.losses import SoftmaxCrossEntropy
+    from fastlenet.workloads import synthetic_batch
+
+    x, y = synthetic_batch(64)
+    results = []
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        numba.set_num_threads(threads)
+        model, loss = LeNet5(seed=0), SoftmaxCrossEntropy()
+        logits = model.forward(x)
+        loss.forward(logits, y)
+        model.backward(loss.backward())
+        results.append([logits] + [p.grad.copy() for p in model.params])
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_reference_backend_is_deterministic_too(tmp_path):
+    from conftest import synthetic_mnist
+    from fastlenet.train import TrainConfig, train
+
+    data = synthetic_mnist(n_train=300, n_test=50)
+    for name in ("a", "b"):
+        train(TrainConfig(epochs=1, batch_size=100, val_size=100, backend="reference", quiet=True,
+                          out=str(tmp_path / name)), data=data)
+    wa, wb = (load_tensors(tmp_path / n / "model.safetensors")[0] for n in "ab")
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k])
+
+
+def test_corrupt_idx_from_the_cli_is_one_line(tmp_path):
+    from conftest import idx_bytes
+
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(idx_bytes(np.zeros(10, np.uint8)))
+    result = subprocess.run([sys.executable, "-m", "fastlenet", "data", "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "not the genuine MNIST file" in result.stderr
+
+
+def test_images_and_labels_of_different_lengths():
+    from fastlenet.data import DataError, check_pair
+
+    with pytest.raises(DataError, match=r"training set: \(5, 28, 28\) images and \(4,\) labels do not pair up"):
+        check_pair(np.zeros((5, 28, 28)), np.zeros(4), "training set")

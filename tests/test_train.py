@@ -40,6 +40,14 @@ def test_run_directory_holds_everything(tmp_path):
     assert load_model(run / "model.safetensors").dtype == np.float32
 
 
+def test_compare_reference_records_the_speedup(tmp_path):
+    summary = train(config(tmp_path, epochs=1), data=DATA, compare_reference=True)
+    assert summary["reference_step_s"] > summary["fast_step_s"] > 0
+    assert summary["speedup_vs_reference"] == pytest.approx(summary["reference_step_s"] / summary["fast_step_s"])
+    plain = train(config(tmp_path, "plain", epochs=1), data=DATA)
+    assert plain["test_accuracy"] == summary["test_accuracy"]  # the timing steps do not touch the run
+
+
 def test_same_seed_same_run_bit_for_bit(tmp_path):
     a = train(config(tmp_path, "a", epochs=1), data=DATA)
     b = train(config(tmp_path, "b", epochs=1), data=DATA)
