@@ -1,10 +1,17 @@
-"""Shared set-up of the benchmark suites: environment recorded with every result."""
+"""Shared set-up of the benchmark suites: thread policy, the parameter matrix,
+and the environment and compile time recorded with every result."""
 
 import time
 
+import numpy as np
 import pytest
 
 from fastlenet.env import environment, set_threads
+
+IMPLS = ["reference", "fast"]
+MATRIX = pytest.mark.parametrize("impl, dtype, batch", [
+    pytest.param(impl, dtype, batch, id=f"{impl}-{np.dtype(dtype).name}-{batch}")
+    for impl in IMPLS for dtype in (np.float32, np.float64) for batch in (1, 32, 256)])
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -13,17 +20,22 @@ def thread_policy():
     set_threads()
 
 
-def warm_up(fn):
-    """Calls fn once (Numba compiles or loads its cache here) and returns the seconds it took."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+@pytest.fixture(scope="session")
+def env():
+    return environment()
 
 
 @pytest.fixture
-def record(benchmark):
-    """Stores the environment and the warm-up (compile) time with a benchmark's result."""
-    def _record(first_call_s):
-        benchmark.extra_info["first_call_s"] = first_call_s
-        benchmark.extra_info["env"] = environment()
-    return _record
+def measure(benchmark, env):
+    """measure(impl, fn): one untimed call (Numba compiles or loads its cache there; its
+    seconds go to extra_info), then the benchmark. The loops get few rounds (pedantic):
+    seconds per call, and the suite must stay short."""
+    def _measure(impl, fn):
+        start = time.perf_counter()
+        fn()
+        benchmark.extra_info["first_call_s"] = time.perf_counter() - start
+        benchmark.extra_info["env"] = env
+        if impl == "reference":
+            return benchmark.pedantic(fn, rounds=3, iterations=1)
+        return benchmark(fn)
+    return _measure
