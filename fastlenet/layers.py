@@ -9,8 +9,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .core import ConvSpec, Flatten, Layer, LinearSpec, PoolSpec
-from .kernels import (col2im, conv_forward, conv_input_grad, conv_weight_grad, gather_windows,
-                      maxpool_backward, maxpool_forward)
+from .kernels import (col2im, conv_forward, conv_input_grad, conv_weight_grad, gather_windows, gradient_to_grid,
+                      maxpool2x2_backward, maxpool2x2_forward, maxpool_backward, maxpool_forward)
 from .kernels.direct import INPUT_GRAD_CHUNK_FLOATS, images_per_chunk
 
 __all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten"]
@@ -75,9 +75,9 @@ class Conv2D(ConvSpec):
 
     def backward(self, dy):
         self._check_grad(dy)
-        dy.sum(axis=(0, 2, 3), out=self.bias.grad)
         if self.stride == (1, 1):
             return self._backward_direct(dy)
+        dy.sum(axis=(0, 2, 3), out=self.bias.grad)
         n, f, oh, ow = dy.shape
         dy_rows = dy.transpose(0, 2, 3, 1).reshape(n * oh * ow, f)  # free when dy came from forward's layout
         np.matmul(dy_rows.T, self._cols, out=self.weight.grad.reshape(f, -1))
@@ -93,9 +93,9 @@ class Conv2D(ConvSpec):
         n, f, oh, ow = dy.shape
         c, (ph, pw) = self.in_channels, self.padding
         hp, wp = oh + self.kernel_size[0] - 1, ow + self.kernel_size[1] - 1
-        # (N, F, OH, OW) -> (F, N*HP*WP) on the forward's grid, zero where no output is
-        dy_grid = np.zeros((f, n, hp, wp), dy.dtype)
-        dy_grid[:, :, :oh, :ow] = dy.transpose(1, 0, 2, 3)
+        # (N, F, OH, OW) -> (F, N, HP, WP), the forward's grid, zero where no output is
+        dy_grid = np.empty((f, n, hp, wp), dy.dtype)
+        gradient_to_grid(dy, dy_grid, self.bias.grad)
         dy_grid = dy_grid.reshape(f, -1)
         conv_weight_grad(self._x_cm, dy_grid, wp, hp * wp, images_per_chunk(hp * wp), self.weight.grad)
         if not self.input_grad:
@@ -112,18 +112,26 @@ class Conv2D(ConvSpec):
 
 
 class MaxPool2D(PoolSpec):
+    """Numba kernels: a general one (any window and stride, argmax as a flat index)
+    and one specialised for LeNet's 2x2 windows at stride 2."""
+
     def forward(self, x):
         out_shape = self._start_forward(x)
         self._x_shape = x.shape
+        self._is_2x2 = self.kernel_size == self.stride == (2, 2)
         y = np.empty(out_shape, x.dtype)
-        self._argmax = np.empty(out_shape, np.int32)
-        maxpool_forward(x, *self.kernel_size, *self.stride, y, self._argmax)
+        if self._is_2x2:
+            self._argmax = np.empty(out_shape, np.int8)
+            maxpool2x2_forward(x, y, self._argmax)
+        else:
+            self._argmax = np.empty(out_shape, np.int32)
+            maxpool_forward(x, *self.kernel_size, *self.stride, y, self._argmax)
         return y
 
     def backward(self, dy):
         self._check_grad(dy)
         dx = np.empty(self._x_shape, dy.dtype)
-        maxpool_backward(dy, self._argmax, dx)
+        (maxpool2x2_backward if self._is_2x2 else maxpool_backward)(dy, self._argmax, dx)
         return dx
 
 

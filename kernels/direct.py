@@ -84,6 +84,23 @@ def chunk_bounds(task, plane, images, total):
 
 
 @njit(parallel=True, cache=True)
+def gradient_to_grid(dy, grid, bias_grad):
+    """Lays dy (N, F, OH, OW) out on the forward's grid, grid: (F, N, HP, WP), zero
+    where no output is, and sums the bias gradient on the way. One filter per task."""
+    n, f, oh, ow = dy.shape
+    for fo in prange(f):
+        total = 0.0  # float64: a sum over N*OH*OW terms
+        for img in range(n):
+            grid[fo, img] = 0
+            for i in range(oh):
+                row, g = grid[fo, img, i], dy[img, fo, i]
+                for j in range(ow):
+                    row[j] = g[j]
+                    total += g[j]
+        bias_grad[fo] = total
+
+
+@njit(parallel=True, cache=True)
 def conv_forward(x, w, bias, width, plane, images, out):
     """x: (C, N*HP*WP) channel-major padded input; w: (F, C, KH, KW); bias: (F,)
     out: (F, N*HP*WP), overwritten where an output pixel can start (the rest is left as is).
