@@ -4,7 +4,7 @@ Two pools share the cores: OpenBLAS (the GEMMs) and Numba (the kernels).
 Both spin-wait between calls, so when both use every core each one's idle
 threads steal time from the other's working ones. On the 2-core machine a
 LeNet-5 training step (batch 256) took 59 ms with both pools at 2 threads,
-34 ms with BLAS 2 / Numba 1 and 24 ms with Numba 2 / BLAS 1: the kernels
+37 ms with BLAS 2 / Numba 1 and 22 ms with Numba 2 / BLAS 1: the kernels
 parallelise better than LeNet's thin GEMMs, so Numba gets the cores and
 BLAS runs single-threaded by default.
 """

@@ -90,8 +90,7 @@ class Conv2D(ConvSpec):
         return self._crop(dx_pad)
 
     def _backward_direct(self, dy):
-        n, f, oh, ow = dy.shape
-        c, (ph, pw) = self.in_channels, self.padding
+        (n, f, oh, ow), c = dy.shape, self.in_channels
         hp, wp = oh + self.kernel_size[0] - 1, ow + self.kernel_size[1] - 1
         # (N, F, OH, OW) -> (F, N, HP, WP), the forward's grid, zero where no output is
         dy_grid = np.empty((f, n, hp, wp), dy.dtype)
