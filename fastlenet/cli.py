@@ -76,6 +76,15 @@ def build_parser():
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     add_data_dir(b)
 
+    w = sub.add_parser("sweep", help="train every point of a grid (TOML) through a process or MPI pool")
+    w.add_argument("grid", metavar="GRID.toml")
+    w.add_argument("--out", help="sweep directory (default sweeps/<grid name>)")
+    w.add_argument("--workers", type=int, default=2, help="points trained at once")
+    w.add_argument("--threads", type=int, default=1, help="Numba threads per point (default 1)")
+    w.add_argument("--executor", choices=["process", "mpi"], default="process",
+                   help="mpi: mpi4py's MPIPoolExecutor, under mpiexec ... python -m mpi4py.futures")
+    add_data_dir(w)
+
     f = sub.add_parser("profile", help="per-layer time of training steps")
     f.add_argument("--steps", type=int, default=50)
     f.add_argument("--batch-size", type=int, default=256)
@@ -98,6 +107,8 @@ def cmd_train(args):
     config = TrainConfig(**fields)
     summary = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress_bar,
                     compare_reference=args.compare_reference)
+    if summary is None:  # an MPI rank other than 0: rank 0 reports
+        return
     print(f"test accuracy {summary['test_accuracy']:.2%}  validation {summary['validation_accuracy']:.2%}  "
           f"train {summary['train_accuracy']:.2%}  |  {summary['seconds_per_epoch']:.2f} s/epoch, "
           f"{summary['train_images_per_s']:,.0f} images/s, compile {summary['numba_compile_s']:.2f} s  |  "
@@ -176,7 +187,18 @@ def cmd_profile(args):
     print(json.dumps(result) if args.json else format_profile(result))
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
+def cmd_sweep(args):
+    from .sweep import run_sweep
+    positive(workers=args.workers, threads=args.threads)
+    rows = run_sweep(args.grid, args.out, args.workers, args.executor, args.data_dir, args.threads)
+    width = max(len(r["point"]) for r in rows)
+    print(f"{'point':<{width}}  test acc  s/epoch  iters to loss 0.1")
+    for r in rows:
+        print(f"{r['point']:<{width}}  {r['test_accuracy']:8.2%}  {r['seconds_per_epoch']:7.2f}  "
+              f"{r['iterations_to_loss_0.1'] if r['iterations_to_loss_0.1'] is not None else '-':>17}")
+
+
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
             "bench": cmd_bench, "profile": cmd_profile}
 
 
@@ -185,12 +207,19 @@ def main(argv=None):
     try:
         COMMANDS[args.command](args)
     except FastLeNetError as e:
-        print(f"fastlenet: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 1)
+        return fail(f"fastlenet: error: {e}", getattr(e, "exit_code", 1))
     except OSError as e:
-        print(f"fastlenet: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        return fail(f"fastlenet: error: {e.filename or ''}: {e.strerror or e}", 1)
     except KeyboardInterrupt:
-        print("fastlenet: interrupted", file=sys.stderr)
-        return 130
+        return fail("fastlenet: interrupted", 130)
     return 0
+
+
+def fail(message, code):
+    """Prints the one-line error; under MPI, ends every rank (the others would wait forever)."""
+    print(message, file=sys.stderr)
+    from .distributed import world
+    comm = world()
+    if comm.size > 1:
+        comm.abort(code)
+    return code

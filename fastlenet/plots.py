@@ -65,3 +65,20 @@ def misclassified(images, labels, probs, path, limit=36):
                      fontsize=8)
     fig.suptitle(f"Misclassified test digits ({len(wrong)} shown): true label, top-2 predictions", fontsize=9)
     _save(fig, path)
+
+
+def sweep(rows, path):
+    """Test accuracy and seconds per epoch of every point of a sweep."""
+    names = [r["point"] for r in rows]
+    fig, (acc, speed) = plt.subplots(1, 2, figsize=(11, max(3.0, 0.35 * len(rows) + 1.5)))
+    y = np.arange(len(rows))
+    acc.barh(y, [100 * r["test_accuracy"] for r in rows], color="tab:blue")
+    acc.set(yticks=y, yticklabels=names, xlabel="test accuracy (%)", title="Test accuracy")
+    low = min(100 * r["test_accuracy"] for r in rows)
+    acc.set_xlim(max(0.0, low - 1), 100)
+    speed.barh(y, [r["seconds_per_epoch"] for r in rows], color="tab:orange")
+    speed.set(yticks=y, yticklabels=[], xlabel="seconds per epoch", title="Speed")
+    for ax in (acc, speed):
+        ax.invert_yaxis()
+        ax.grid(alpha=0.3, axis="x")
+    _save(fig, path)

@@ -11,6 +11,7 @@ A run directory holds:
 
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, fields
@@ -21,6 +22,7 @@ import numpy as np
 
 from . import plots
 from .data import check_pair, load_mnist, preprocess, validation_split
+from .distributed import GradientExchange, SingleProcess, check_replicas, world
 from .env import environment, set_threads
 from .errors import FastLeNetError
 from .evaluation import predict_proba, report
@@ -133,9 +135,10 @@ class StopFlag:
 
 
 class Trainer:
-    def __init__(self, config, run_dir, data=None, progress=None):
+    def __init__(self, config, run_dir, data=None, progress=None, comm=None):
         config.check()
         self.config, self.run_dir = config, Path(run_dir)
+        self.comm = comm or SingleProcess()
         self.threads = set_threads(config.threads, config.blas_threads)
         self.dtype = np.dtype(config.dtype)
         self.data = data if data is not None else load_mnist(config.data_dir, progress=progress)
@@ -146,18 +149,22 @@ class Trainer:
             self.train_idx = self.train_idx[:config.limit_train]
         self.model = LeNet5(config.backend, self.dtype, seed=config.seed)
         self.optimizer = make_optimizer(config, self.model.params)
+        self.exchange = GradientExchange(self.comm, self.model.params) if self.comm.size > 1 else None
         self.loss = SoftmaxCrossEntropy()
         self.rng = np.random.default_rng([config.seed, 0x5EED])  # data order only
         self.epoch, self.batch_in_epoch, self.iteration = 0, 0, 0
         self.epoch_rng_state = self.rng.bit_generator.state
         self.epoch_seconds = []
-        self.progress = progress
+        self.progress = progress if self.comm.rank == 0 else None
 
     # -- state ------------------------------------------------------------------------------
     def save_checkpoint(self):
         """Weights, optimizer state, data-order RNG and position; atomic, so a kill
         mid-write leaves the previous checkpoint whole. Arrays go to safetensors,
-        the rest to JSON; the JSON is written last and names the step it belongs to."""
+        the rest to JSON; the JSON is written last and names the step it belongs to.
+        Rank 0 alone writes (all ranks hold the same state)."""
+        if self.comm.rank != 0:
+            return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt = self.optimizer.state_dict()
         scalars = {k: v for k, v in opt.items() if not isinstance(v, list) or not v or
@@ -238,20 +245,17 @@ class Trainer:
             while self.batch_in_epoch < batches_per_epoch:
                 t0 = time.perf_counter()
                 idx = order[self.batch_in_epoch * cfg.batch_size:(self.batch_in_epoch + 1) * cfg.batch_size]
-                x, y = self.batch(idx)
-                logits = self.model.forward(x)
-                loss = self.loss.forward(logits, y)
+                loss, batch_correct, stopping = self.step(idx, stop)
                 if not math.isfinite(loss):
                     raise TrainingStopped(f"loss is {loss} at iteration {self.iteration + 1} (epoch {self.epoch + 1}); "
                                           f"the last good checkpoint is kept in {self.run_dir}. Try a smaller --lr.")
-                self.model.backward(self.loss.backward())
                 self.optimizer.step()
                 step_s = time.perf_counter() - t0
                 train_time += step_s
                 self.iteration += 1
                 self.batch_in_epoch += 1
-                seen += len(y)
-                correct += int((logits.argmax(axis=1) == y).sum())
+                seen += len(idx)
+                correct += batch_correct
                 record(metrics_file, {"type": "iter", "iteration": self.iteration, "epoch": self.epoch + 1,
                                       "loss": loss, "time_s": step_s})
                 if bar:
@@ -263,9 +267,11 @@ class Trainer:
                     self.record_validation(metrics_file)
                 if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0 and not end_of_epoch:
                     self.save_checkpoint()
-                if stop.signal:
+                # ranks stop together, on the flag they exchanged; a single process as soon as it is asked
+                if stopping if self.exchange else stop.signal:
                     self.save_checkpoint()
-                    raise TrainingStopped(f"stopped by {stop.signal} at iteration {self.iteration}; checkpoint saved. "
+                    raise TrainingStopped(f"stopped by {stop.signal or 'another rank'} at iteration {self.iteration}; "
+                                          f"checkpoint saved. "
                                           f"Resume with: fastlenet train --resume {self.run_dir}", exit_code=130)
             if bar:
                 bar.close()
@@ -277,8 +283,33 @@ class Trainer:
             self.epoch_rng_state = self.rng.bit_generator.state
             self.save_checkpoint()
 
+    def step(self, idx, stop):
+        """Forward and backward of one global batch (this rank's slice of it, with
+        several ranks). Returns the batch's mean loss, its number of right answers and,
+        with several ranks, whether any of them was asked to stop."""
+        if self.exchange is None:
+            x, y = self.batch(idx)
+            logits = self.model.forward(x)
+            loss = self.loss.forward(logits, y)
+            self.model.backward(self.loss.backward())
+            return loss, int((logits.argmax(axis=1) == y).sum()), False
+        mine = np.array_split(idx, self.comm.size)[self.comm.rank]
+        if len(mine):
+            x, y = self.batch(mine)
+            logits = self.model.forward(x)
+            loss = self.loss.forward(logits, y)
+            self.model.backward(self.loss.backward())
+            correct = int((logits.argmax(axis=1) == y).sum())
+        else:  # a last batch smaller than the number of ranks
+            loss, correct = 0.0, 0
+            for p in self.model.params:
+                p.grad[...] = 0
+        # the global mean gradient is the sum of each rank's mean weighted by its share
+        loss_sum, correct, stops = self.exchange(len(mine) / len(idx), loss * len(mine), correct, bool(stop.signal))
+        return loss_sum / len(idx), int(round(correct)), stops > 0
+
     def record_validation(self, metrics_file):
-        if not len(self.val_idx):
+        if not len(self.val_idx) or self.comm.rank != 0:
             return
         probs, labels = self.evaluate(self.val_idx)
         accuracy = float((probs.argmax(axis=1) == labels).mean())
@@ -295,11 +326,15 @@ def smoothed_crossing(losses, threshold=0.1, window=20):
     return int(hits[0] + window) if len(hits) else None
 
 
-def train(config, resume=None, overwrite=False, data=None, progress=None, log=print, compare_reference=False):
-    """Runs (or resumes) a training run and returns its summary.
+def train(config, resume=None, overwrite=False, data=None, progress=None, log=print, compare_reference=False,
+          comm=None):
+    """Runs (or resumes) a training run and returns its summary (None on ranks other than 0).
 
     Raises TrainingStopped after a signal or a non-finite loss, with a checkpoint on disk.
+    Under MPI (comm, default: detected) the ranks train one model together; rank 0
+    alone writes the run directory.
     """
+    comm = comm or world()
     if resume:
         run_dir = Path(resume)
         try:
@@ -317,28 +352,37 @@ def train(config, resume=None, overwrite=False, data=None, progress=None, log=pr
         config = TrainConfig(**settings)
     else:
         config.check()
-        run_dir = prepare_run_dir(config.out, overwrite)
+        run_dir = Path(comm.bcast(str(prepare_run_dir(config.out, overwrite)) if comm.rank == 0 else None))
         config.out = str(run_dir)
     started = time.perf_counter()
-    trainer = Trainer(config, run_dir, data=data, progress=None if config.quiet else progress)
+    trainer = Trainer(config, run_dir, data=data, progress=None if config.quiet else progress, comm=comm)
     compile_s = trainer.warm_up()
     reference_step_s = trainer.time_reference_steps() if compare_reference else None
+    lead = comm.rank == 0
     if resume:
         trainer.load_checkpoint()
-        kept = read_metrics(run_dir / "metrics.jsonl", upto_iteration=trainer.iteration)
-        with open(run_dir / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(e) + "\n" for e in kept)
-        log(f"resuming {run_dir} at iteration {trainer.iteration} (epoch {trainer.epoch + 1})")
-    else:
+        if lead:
+            kept = read_metrics(run_dir / "metrics.jsonl", upto_iteration=trainer.iteration)
+            with open(run_dir / "metrics.jsonl", "w") as f:
+                f.writelines(json.dumps(e) + "\n" for e in kept)
+            log(f"resuming {run_dir} at iteration {trainer.iteration} (epoch {trainer.epoch + 1})")
+    elif lead:
         write_json(run_dir / "config.json", {
-            "config": asdict(config), "threads": trainer.threads, "environment": environment(),
+            "config": asdict(config), "threads": trainer.threads, "ranks": comm.size, "environment": environment(),
             "data": {"directory": str(trainer.data.directory), "train_images": len(trainer.train_idx),
                      "validation_indices": trainer.val_idx.tolist()},
         })
-    with open(run_dir / "metrics.jsonl", "a", buffering=1) as metrics_file, StopFlag() as stop:
+    with open(run_dir / "metrics.jsonl" if lead else os.devnull, "a", buffering=1) as metrics_file, \
+            StopFlag() as stop:
         trainer.run(metrics_file, stop)
+    check_replicas(comm, trainer.model.params)
+    if not lead:
+        return None
 
     summary = finish(trainer, compile_s)
+    summary["ranks"] = comm.size
+    if trainer.exchange and trainer.exchange.calls:
+        summary["allreduce_s_per_step"] = trainer.exchange.seconds / trainer.exchange.calls
     if reference_step_s is not None:
         fast_step_s = float(np.median([m["time_s"] for m in read_metrics(run_dir / "metrics.jsonl")
                                        if m["type"] == "iter"]))
