@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .distributed import SingleProcess
 from .errors import FastLeNetError
-from .train import CHECKPOINT_STATE, TrainConfig, train
+from .train import CHECKPOINT, TrainConfig, train
 
 SUMMARY_COLUMNS = ["test_accuracy", "validation_accuracy", "train_accuracy", "seconds_per_epoch",
                    "train_images_per_s", "iterations_to_loss_0.1", "final_loss"]
@@ -61,7 +61,7 @@ def read_grid(path):
 def run_point(settings, out, data_dir):
     """Trains one point (resuming it when a checkpoint is there) and returns its summary."""
     config = TrainConfig(**{**settings, "out": str(out), "quiet": True, "data_dir": data_dir})
-    resume = out if (Path(out) / CHECKPOINT_STATE).exists() else None
+    resume = out if (Path(out) / CHECKPOINT).exists() else None
     # one process per point, even inside an MPI job (where train() would otherwise join COMM_WORLD)
     return train(config, resume=resume, overwrite=resume is None, log=lambda *a: None, comm=SingleProcess())
 

@@ -3,7 +3,7 @@
 A run directory holds:
     config.json           resolved settings and the environment
     metrics.jsonl         one record per iteration (loss, time) and per evaluation
-    checkpoint.safetensors + checkpoint.json   the state to resume from (every epoch)
+    checkpoint.safetensors  the state to resume from (every epoch), and checkpoint.json, a readable copy
     model.safetensors     the final weights
     summary.json          accuracies and speed
     loss.png  val_accuracy.png  confusion_matrix.png  misclassified.png
@@ -24,7 +24,7 @@ from . import plots
 from .data import check_pair, load_mnist, preprocess, validation_split
 from .distributed import GradientExchange, SingleProcess, check_replicas, world
 from .env import environment, set_threads
-from .errors import FastLeNetError
+from .errors import FastLeNetError, WeightsError
 from .evaluation import predict_proba, report
 from .losses import SoftmaxCrossEntropy
 from .models import LeNet5
@@ -172,30 +172,32 @@ class Trainer:
         for key, arrays in opt.items():
             if key not in scalars:
                 tensors.update({f"optimizer.{key}.{i}": a for i, a in enumerate(arrays)})
-        save_tensors(self.run_dir / CHECKPOINT, tensors,
-                     {"architecture": LeNet5.architecture, "dtype": self.dtype.name, "iteration": str(self.iteration)})
-        write_json(self.run_dir / CHECKPOINT_STATE, {
-            "iteration": self.iteration, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "epoch_rng_state": self.epoch_rng_state, "optimizer": scalars,
-            "epoch_seconds": self.epoch_seconds, "config": asdict(self.config),
-        })
+        state = {"iteration": self.iteration, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                 "epoch_rng_state": self.epoch_rng_state, "optimizer": scalars,
+                 "epoch_seconds": self.epoch_seconds, "config": asdict(self.config)}
+        # One file holds everything (the state as JSON in the safetensors header), so one
+        # atomic rename switches from the old checkpoint to the new; checkpoint.json is a
+        # readable copy written after it, never read back.
+        save_tensors(self.run_dir / CHECKPOINT, tensors, {"architecture": LeNet5.architecture,
+                                                          "dtype": self.dtype.name, "state": json.dumps(state)})
+        write_json(self.run_dir / CHECKPOINT_STATE, state)
 
     def load_checkpoint(self):
-        state_path = self.run_dir / CHECKPOINT_STATE
+        path = self.run_dir / CHECKPOINT
+        tensors, metadata = load_tensors(path)
         try:
-            state = json.loads(state_path.read_text())
-        except (OSError, ValueError) as e:
-            raise FastLeNetError(f"{state_path}: cannot read the checkpoint state ({e})") from None
-        tensors, metadata = load_tensors(self.run_dir / CHECKPOINT)
-        if metadata.get("iteration") != str(state["iteration"]):
-            raise FastLeNetError(f"{self.run_dir}: checkpoint files disagree (weights at iteration "
-                                 f"{metadata.get('iteration')}, state at {state['iteration']})")
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt = dict(state["optimizer"])
-        for key in {k.split(".")[1] for k in tensors if k.startswith("optimizer.")}:
-            count = sum(1 for k in tensors if k.startswith(f"optimizer.{key}."))
-            opt[key] = [tensors[f"optimizer.{key}.{i}"] for i in range(count)]
-        self.optimizer.load_state_dict(opt)
+            state = json.loads(metadata["state"])
+        except (KeyError, ValueError) as e:
+            raise WeightsError(f"{path}: not a fastlenet checkpoint (no training state: {e})") from None
+        try:
+            self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            opt = dict(state["optimizer"])
+            for key in {k.split(".")[1] for k in tensors if k.startswith("optimizer.")}:
+                count = sum(1 for k in tensors if k.startswith(f"optimizer.{key}."))
+                opt[key] = [tensors[f"optimizer.{key}.{i}"] for i in range(count)]
+            self.optimizer.load_state_dict(opt)
+        except (KeyError, ValueError, TypeError) as e:
+            raise WeightsError(f"{path}: checkpoint does not fit this run ({e})") from None
         self.iteration, self.epoch, self.batch_in_epoch = state["iteration"], state["epoch"], state["batch_in_epoch"]
         self.epoch_rng_state, self.epoch_seconds = state["epoch_rng_state"], state["epoch_seconds"]
 
@@ -343,7 +345,7 @@ def train(config, resume=None, overwrite=False, data=None, progress=None, log=pr
             raise ConfigError(f"--resume {run_dir}: not a fastlenet run directory ({e})") from None
         if (run_dir / "summary.json").exists():
             raise ConfigError(f"--resume {run_dir}: that run has already finished")
-        if not (run_dir / CHECKPOINT_STATE).exists():
+        if not (run_dir / CHECKPOINT).exists():
             raise ConfigError(f"--resume {run_dir}: no checkpoint yet (the run stopped before its first one); "
                               f"start it again with --overwrite")
         names = {f.name for f in fields(TrainConfig)}

@@ -6,6 +6,7 @@ import signal
 import numpy as np
 import pytest
 
+from fastlenet.errors import WeightsError
 from fastlenet.storage import load_model, load_tensors
 from fastlenet.train import ConfigError, TrainConfig, TrainingStopped, train
 from conftest import synthetic_mnist
@@ -90,6 +91,7 @@ def test_signal_then_resume_is_bit_exact(tmp_path, signum):
     with pytest.raises(TrainingStopped, match=f"stopped by {signal.Signals(signum).name} at iteration 11.*--resume"):
         train(config(tmp_path, "cut", epochs=3, quiet=False), data=DATA, progress=SignalAfter(11, signum))
     assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["iteration"] == 11
+    (tmp_path / "cut" / "checkpoint.json").unlink()  # a readable copy only: the state is in the safetensors file
     resumed = train(TrainConfig(quiet=True), resume=tmp_path / "cut", data=DATA)
     w1, w2 = (load_tensors(tmp_path / r / "model.safetensors")[0] for r in ("whole", "cut"))
     for name in w1:
@@ -101,6 +103,18 @@ def test_signal_then_resume_is_bit_exact(tmp_path, signum):
         return [{k: v for k, v in r.items() if "seconds" not in k and k != "time_s"} for r in records]
 
     assert without_timings("cut") == without_timings("whole")  # every loss and validation accuracy
+
+
+def test_resume_refuses_a_checkpoint_that_is_not_one(tmp_path):
+    train(config(tmp_path, epochs=1, checkpoint_every=3), data=DATA)
+    (tmp_path / "run" / "summary.json").unlink()  # pretend it stopped
+    weights_only = tmp_path / "run" / "model.safetensors"
+    (tmp_path / "run" / "checkpoint.safetensors").write_bytes(weights_only.read_bytes())
+    with pytest.raises(WeightsError, match="not a fastlenet checkpoint"):
+        train(TrainConfig(quiet=True), resume=tmp_path / "run", data=DATA)
+    (tmp_path / "run" / "checkpoint.safetensors").write_bytes(b"garbage")
+    with pytest.raises(WeightsError, match="not a valid safetensors file"):
+        train(TrainConfig(quiet=True), resume=tmp_path / "run", data=DATA)
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
