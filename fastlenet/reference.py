@@ -41,10 +41,11 @@ class Conv2D(ConvSpec):
         dw = np.zeros_like(w)
         for i, j, rows, cols in _windows(*dy.shape[2:], self.kernel_size, self.stride):
             g = dy[:, :, i, j, None, None, None]  # (N, F, 1, 1, 1)
-            # every output pixel sends its gradient back through the weights to its window ...
-            dx_pad[:, :, rows, cols] += np.sum(g * w[None], axis=1)  # sum over F -> (N, C, kh, kw)
-            # ... and to the weights through its window
+            # every output pixel sends its gradient to the weights through its window ...
             dw += np.sum(g * x_pad[:, None, :, rows, cols], axis=0)  # sum over N -> (F, C, kh, kw)
+            # ... and back through the weights to its window
+            if self.input_grad:
+                dx_pad[:, :, rows, cols] += np.sum(g * w[None], axis=1)  # sum over F -> (N, C, kh, kw)
         self.weight.grad[...] = dw
         self.bias.grad[...] = dy.sum(axis=(0, 2, 3))
         if not self.input_grad:
