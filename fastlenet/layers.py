@@ -10,7 +10,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .core import ConvSpec, Flatten, Layer, LinearSpec, PoolSpec
 from .kernels import (col2im, conv_forward, conv_input_grad, conv_weight_grad, gather_windows, gradient_to_grid,
-                      maxpool2x2_backward, maxpool2x2_forward, maxpool_backward, maxpool_forward)
+                      maxpool2x2_forward, maxpool_backward, maxpool_forward)
 from .kernels.direct import INPUT_GRAD_CHUNK_FLOATS, images_per_chunk
 
 __all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten"]
@@ -111,26 +111,23 @@ class Conv2D(ConvSpec):
 
 
 class MaxPool2D(PoolSpec):
-    """Numba kernels: a general one (any window and stride, argmax as a flat index)
-    and one specialised for LeNet's 2x2 windows at stride 2."""
+    """Numba kernels: any window and stride, and a forward specialised for LeNet's
+    2x2 windows at stride 2. The argmax (a flat index in the plane) is what backward needs."""
 
     def forward(self, x):
         out_shape = self._start_forward(x)
         self._x_shape = x.shape
-        self._is_2x2 = self.kernel_size == self.stride == (2, 2)
-        y = np.empty(out_shape, x.dtype)
-        if self._is_2x2:
-            self._argmax = np.empty(out_shape, np.int8)
+        y, self._argmax = np.empty(out_shape, x.dtype), np.empty(out_shape, np.int32)
+        if self.kernel_size == self.stride == (2, 2):
             maxpool2x2_forward(x, y, self._argmax)
         else:
-            self._argmax = np.empty(out_shape, np.int32)
             maxpool_forward(x, *self.kernel_size, *self.stride, y, self._argmax)
         return y
 
     def backward(self, dy):
         self._check_grad(dy)
         dx = np.empty(self._x_shape, dy.dtype)
-        (maxpool2x2_backward if self._is_2x2 else maxpool_backward)(dy, self._argmax, dx)
+        maxpool_backward(dy, self._argmax, dx)
         return dx
 
 

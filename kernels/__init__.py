@@ -8,7 +8,7 @@ Numba thread count.
 from .col2im import col2im
 from .direct import conv_forward, conv_input_grad, conv_weight_grad, gradient_to_grid
 from .im2col import gather_windows
-from .pool import maxpool2x2_backward, maxpool2x2_forward, maxpool_backward, maxpool_forward
+from .pool import maxpool2x2_forward, maxpool_backward, maxpool_forward
 
 __all__ = ["col2im", "conv_forward", "conv_input_grad", "conv_weight_grad", "gather_windows", "gradient_to_grid", "maxpool_forward",
-           "maxpool_backward", "maxpool2x2_forward", "maxpool2x2_backward"]
+           "maxpool_backward", "maxpool2x2_forward"]

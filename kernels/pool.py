@@ -48,37 +48,24 @@ def maxpool_backward(dy, argmax, out):
 
 
 @njit(parallel=True, cache=True)
-def maxpool2x2_forward(x, out, code):
-    """The 2x2, stride-2 window of LeNet, specialised: constant offsets let LLVM
-    vectorise the row loop (measured 2.4 ms -> 0.4 ms at batch 256). code holds
-    the argmax's place in its window, 0..3 = (0,0) (0,1) (1,0) (1,1), as int8.
-    The first maximum wins a tie."""
+def maxpool2x2_forward(x, out, argmax):
+    """maxpool_forward for LeNet's 2x2 windows at stride 2, specialised: constant
+    offsets let LLVM vectorise the row loop (measured 2.4 ms -> 0.4 ms at batch 256).
+    Same outputs, argmax included, so maxpool_backward serves both."""
     n, c, oh, ow = out.shape
+    width = x.shape[3]
     for plane in prange(n * c):
         img, ch = plane // c, plane % c
         for i in range(oh):
             top, bottom = x[img, ch, 2 * i], x[img, ch, 2 * i + 1]
-            best_row, code_row = out[img, ch, i], code[img, ch, i]
+            best_row, where_row = out[img, ch, i], argmax[img, ch, i]
             for j in range(ow):
                 best, where = top[2 * j], 0
                 if top[2 * j + 1] > best:
                     best, where = top[2 * j + 1], 1
                 if bottom[2 * j] > best:
-                    best, where = bottom[2 * j], 2
+                    best, where = bottom[2 * j], width
                 if bottom[2 * j + 1] > best:
-                    best, where = bottom[2 * j + 1], 3
+                    best, where = bottom[2 * j + 1], width + 1
                 best_row[j] = best
-                code_row[j] = where
-
-
-@njit(parallel=True, cache=True)
-def maxpool2x2_backward(dy, code, out):
-    """Routes each window's gradient to its argmax; out (N, C, H, W) is overwritten."""
-    n, c, oh, ow = dy.shape
-    for plane in prange(n * c):
-        img, ch = plane // c, plane % c
-        out[img, ch] = 0
-        for i in range(oh):
-            for j in range(ow):
-                k = code[img, ch, i, j]
-                out[img, ch, 2 * i + k // 2, 2 * j + k % 2] = dy[img, ch, i, j]
+                where_row[j] = 2 * i * width + 2 * j + where

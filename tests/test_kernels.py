@@ -5,7 +5,7 @@ CI runs this file once more with NUMBA_DISABLE_JIT=1."""
 import numpy as np
 import pytest
 
-from fastlenet.kernels import col2im, maxpool2x2_backward, maxpool2x2_forward, maxpool_backward, maxpool_forward
+from fastlenet.kernels import col2im, maxpool2x2_forward, maxpool_backward, maxpool_forward
 
 
 def compiled_and_python(kernel):
@@ -45,16 +45,11 @@ def test_maxpool_kernels(forward, backward):
 
 
 @pytest.mark.parametrize("forward", compiled_and_python(maxpool2x2_forward))
-@pytest.mark.parametrize("backward", compiled_and_python(maxpool2x2_backward))
-def test_maxpool2x2_kernels_match_the_general_ones(forward, backward):
+def test_maxpool2x2_kernel_matches_the_general_one(forward):
     x = np.random.default_rng(1).integers(0, 3, (2, 3, 5, 7)).astype(np.float64)  # ties, odd sizes
     out, argmax = np.empty((2, 3, 2, 3)), np.empty((2, 3, 2, 3), np.int32)
     maxpool_forward(x, 2, 2, 2, 2, out, argmax)
-    out2, code = np.empty_like(out), np.empty(out.shape, np.int8)
-    forward(x, out2, code)
+    out2, argmax2 = np.empty_like(out), np.empty_like(argmax)
+    forward(x, out2, argmax2)
     np.testing.assert_array_equal(out2, out)
-    dy = np.random.default_rng(2).standard_normal(out.shape)
-    dx, dx2 = np.full_like(x, np.nan), np.full_like(x, np.nan)
-    maxpool_backward(dy, argmax, dx)
-    backward(dy, code, dx2)
-    np.testing.assert_array_equal(dx2, dx)
+    np.testing.assert_array_equal(argmax2, argmax)
