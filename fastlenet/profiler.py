@@ -14,7 +14,7 @@ import numpy as np
 from .benchmark import raw_mnist
 from .data import preprocess
 from .env import set_threads
-from .workloads import training_setup
+from .workloads import train_step, training_setup
 
 
 class Recorder:
@@ -63,9 +63,7 @@ def profile_training(steps=50, batch_size=256, backend="fast", threads=None, bla
         x, y = batch()
         if recorder:
             recorder.spans.append(("data", t0 - recorder.origin, time.perf_counter() - t0))
-        loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
-        optimizer.step()
+        train_step(model, optimizer, loss, x, y)
 
     for _ in range(warmup):  # compile, fill caches
         step()

@@ -30,6 +30,7 @@ from .losses import SoftmaxCrossEntropy
 from .models import LeNet5
 from .optim import SGD, Adam
 from .storage import WEIGHTS_NAME, load_tensors, save_model, save_tensors, write_json
+from .workloads import train_step
 
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
@@ -229,9 +230,7 @@ class Trainer:
         for k in range(steps):
             x, y = self.batch(order[k * self.config.batch_size:(k + 1) * self.config.batch_size])
             start = time.perf_counter()
-            loss.forward(model.forward(x), y)
-            model.backward(loss.backward())
-            optimizer.step()
+            train_step(model, optimizer, loss, x, y)
             times.append(time.perf_counter() - start)
         return float(np.median(times))
 
@@ -289,13 +288,7 @@ class Trainer:
         """Forward and backward of one global batch (this rank's slice of it, with
         several ranks). Returns the batch's mean loss, its number of right answers and,
         with several ranks, whether any of them was asked to stop."""
-        if self.exchange is None:
-            x, y = self.batch(idx)
-            logits = self.model.forward(x)
-            loss = self.loss.forward(logits, y)
-            self.model.backward(self.loss.backward())
-            return loss, int((logits.argmax(axis=1) == y).sum()), False
-        mine = np.array_split(idx, self.comm.size)[self.comm.rank]
+        mine = idx if self.exchange is None else np.array_split(idx, self.comm.size)[self.comm.rank]
         if len(mine):
             x, y = self.batch(mine)
             logits = self.model.forward(x)
@@ -306,6 +299,8 @@ class Trainer:
             loss, correct = 0.0, 0
             for p in self.model.params:
                 p.grad[...] = 0
+        if self.exchange is None:
+            return loss, correct, False
         # the global mean gradient is the sum of each rank's mean weighted by its share
         loss_sum, correct, stops = self.exchange(len(mine) / len(idx), loss * len(mine), correct, bool(stop.signal))
         return loss_sum / len(idx), int(round(correct)), stops > 0

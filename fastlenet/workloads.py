@@ -5,6 +5,7 @@ import numpy as np
 
 from .losses import SoftmaxCrossEntropy
 from .models import BACKENDS, LeNet5
+from .optim import Adam
 
 # name -> (layer factory given a backend module, dtype and rng; input shape without the batch axis)
 LAYERS = {
@@ -42,6 +43,6 @@ def synthetic_batch(batch, dtype=np.float32, seed=0):
 
 
 def training_setup(backend, dtype=np.float32, seed=0, lr=1e-3):
-    from .optim import Adam
+    """LeNet5, Adam and the loss: what a benchmark step needs."""
     model = LeNet5(backend, dtype, seed)
     return model, Adam(model.params, lr=lr), SoftmaxCrossEntropy()
