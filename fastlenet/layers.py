@@ -10,7 +10,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .core import ConvSpec, Flatten, Layer, LinearSpec, PoolSpec
 from .kernels import (col2im, conv_forward, conv_input_grad, conv_weight_grad, gather_windows, gradient_to_grid,
-                      maxpool2x2_forward, maxpool_backward, maxpool_forward)
+                      maxpool2x2_forward, maxpool_backward, maxpool_forward, relu_backward, relu_forward)
 from .kernels.direct import INPUT_GRAD_CHUNK_FLOATS, images_per_chunk
 
 __all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten"]
@@ -132,15 +132,23 @@ class MaxPool2D(PoolSpec):
 
 
 class ReLU(Layer):
+    """One Numba pass each way over flat memory; a strided input is copied first
+    (in LeNet-5 every ReLU follows a layer that writes a fresh contiguous array)."""
+
     def forward(self, x):
         self._check_float(x)
         self._record(x.shape, x.dtype)
-        self._mask = x > 0  # 1 byte per element instead of caching x
-        return np.maximum(x, 0)
+        x = np.ascontiguousarray(x)
+        y, self._mask = np.empty_like(x), np.empty(x.shape, np.bool_)  # 1 byte per element instead of caching x
+        relu_forward(x.reshape(-1), y.reshape(-1), self._mask.reshape(-1))
+        return y
 
     def backward(self, dy):
         self._check_grad(dy)
-        return dy * self._mask
+        dy = np.ascontiguousarray(dy)
+        dx = np.empty_like(dy)
+        relu_backward(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
+        return dx
 
 
 class Linear(LinearSpec):

@@ -4,6 +4,16 @@ import math
 
 import numpy as np
 
+from .kernels import adam_update
+
+
+def flat(a):
+    """The 1-D view of an array a kernel updates in place (reshape would copy a strided one)."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"optimizer: parameters and gradients must be C-contiguous arrays to be updated in "
+                         f"place, got one of shape {a.shape} with strides {a.strides}")
+    return a.reshape(-1)
+
 
 class Optimizer:
     def __init__(self, params):
@@ -84,15 +94,8 @@ class Adam(Optimizer):
         step_size = self.lr / (1 - b1 ** self.steps)
         sqrt_bias2 = math.sqrt(1 - b2 ** self.steps)  # a Python float: no float64 promotion
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            g = p.grad
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * g * g
-            denom = np.sqrt(v)
-            denom /= sqrt_bias2
-            denom += self.eps
-            p.value -= step_size * m / denom
+            adam_update(flat(p.value), flat(p.grad), m.reshape(-1), v.reshape(-1),
+                        b1, 1 - b1, b2, 1 - b2, step_size, sqrt_bias2, self.eps)
 
     def state_dict(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "steps": self.steps,

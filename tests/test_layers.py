@@ -131,6 +131,20 @@ def test_relu_linear_fast_matches_reference(dtype):
     assert_close(r2.backward(x), r1.backward(x), dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_relu_fast_equals_reference_on_strided_input_zeros_and_nan(dtype):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 4, 6, 5)).astype(dtype).transpose(0, 1, 3, 2)  # a strided NCHW view
+    x[0, 0, 0, :3] = [0.0, -0.0, np.nan]
+    g = rng.standard_normal((3, 4, 6, 5)).astype(dtype).transpose(0, 1, 3, 2)
+    g[1, 1, 1, 1] = np.inf
+    slow, quick = ref.ReLU(), fast.ReLU()
+    y = quick.forward(x)
+    np.testing.assert_array_equal(y, slow.forward(x))  # NaN where NaN: a diverging run stays visible
+    assert y.dtype == dtype and np.isnan(y[0, 0, 0, 2])
+    np.testing.assert_array_equal(quick.backward(g), slow.backward(g))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_input_grad_can_be_skipped(backend):
     conv = backend.Conv2D(1, 2, 3, dtype=np.float64, rng=0)

@@ -1,5 +1,7 @@
 """LeNet-5 on both backends, the loss and the optimizers."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -127,6 +129,32 @@ def test_adam_matches_hand_computed_steps():
         v = 0.999 * (0.001 * g1 ** 2) + 0.001 * g2 ** 2
         expected = before[i] - 0.1 / (1 - 0.9 ** 2) * m / (np.sqrt(v) / np.sqrt(1 - 0.999 ** 2) + 1e-8)
         assert p.value[i] == pytest.approx(expected, rel=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_kernel_is_numpys_formula_bit_for_bit(dtype):
+    """The one-pass kernel against Adam written as NumPy array expressions, same dtype throughout."""
+    rng = np.random.default_rng(3)
+    p = Parameter(rng.standard_normal((4, 7)).astype(dtype))
+    value, m, v = p.value.copy(), np.zeros_like(p.value), np.zeros_like(p.value)
+    opt = Adam([p], lr=3e-3, betas=(0.8, 0.99), eps=1e-6)
+    for t in range(1, 4):
+        p.grad[...] = g = rng.standard_normal((4, 7)).astype(dtype)
+        opt.step()
+        m = m * 0.8 + (1 - 0.8) * g
+        v = v * 0.99 + (1 - 0.99) * g * g
+        value -= 3e-3 / (1 - 0.8 ** t) * m / (np.sqrt(v) / math.sqrt(1 - 0.99 ** t) + 1e-6)  # Python floats: no promotion
+        assert p.value.dtype == dtype
+        np.testing.assert_array_equal(p.value, value)
+        np.testing.assert_array_equal(opt.exp_avg[0], m)
+        np.testing.assert_array_equal(opt.exp_avg_sq[0], v)
+
+
+def test_adam_refuses_a_strided_parameter():
+    p = Parameter(np.zeros((3, 4)))
+    p.value = np.zeros((4, 3)).T  # a view a flat update could not write through
+    with pytest.raises(ValueError, match="C-contiguous"):
+        Adam([p]).step()
 
 
 def test_sgd_momentum_matches_hand_computed_steps():
