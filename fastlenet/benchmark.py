@@ -34,10 +34,12 @@ def median_time(fn, repeats):
     return float(np.median(times))
 
 
-def timed_block(fn):
-    """fn -> run_block(k): one untimed call (other pools still spinning settle), then k timed calls."""
+def timed_block(fn, settle=True):
+    """fn -> run_block(k): k timed calls, after one untimed call when `settle` (so that
+    another contender's pool, still spinning, has settled; a call of a second needs none)."""
     def run_block(k):
-        fn()
+        if settle:
+            fn()
         times = []
         for _ in range(k):
             start = time.perf_counter()
@@ -47,14 +49,16 @@ def timed_block(fn):
     return run_block
 
 
-def interleaved(contenders, repeats, block=5):
-    """{name: run_block} -> {name: median seconds}: the contenders take turns, a
-    block of runs each, so that they share the machine's noise."""
+def interleaved(contenders):
+    """{name: (run_block, runs, block)} -> {name: median seconds}: the contenders take
+    turns, a block of runs each, until each has its runs, so that they share the
+    machine's noise."""
     times = {name: [] for name in contenders}
-    while min(len(t) for t in times.values()) < repeats:
-        for name, run_block in contenders.items():
-            times[name] += run_block(block)
-    return {name: float(np.median(t[:repeats])) for name, t in times.items()}
+    while any(len(times[name]) < runs for name, (_, runs, _) in contenders.items()):
+        for name, (run_block, runs, block) in contenders.items():
+            if len(times[name]) < runs:
+                times[name] += run_block(min(block, runs - len(times[name])))
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def kernel_cache_stats():
@@ -153,20 +157,23 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
             row["backward_speedup"] = row["reference_backward_s"] / row["fast_backward_s"]
             result["layers"][name] = row
 
-    steps = {"fast": timed_block(lambda: train_step(fast_model, fast_opt, fast_loss, x, labels))}
-    infers = {"fast": timed_block(lambda: fast_model.forward(x))}
+    # the reference takes turns too, one step at a time, so that the speedup compares like with like
+    steps = {"fast": (timed_block(lambda: train_step(fast_model, fast_opt, fast_loss, x, labels)), repeats, 5),
+             "reference": (timed_block(lambda: train_step(ref_model, ref_opt, ref_loss, x, labels), settle=False),
+                           reference_repeats, 1)}
+    infers = {"fast": (timed_block(lambda: fast_model.forward(x)), repeats, 5),
+              "reference": (timed_block(lambda: ref_model.forward(x), settle=False), reference_repeats, 1)}
     torch = TorchPeer(x, labels, thread_settings["numba"]) if with_torch else None
     try:
         if torch and torch.proc:
             torch.block("step")(2)  # warm-up
             torch.block("infer")(2)
-            steps["torch"], infers["torch"] = torch.block("step"), torch.block("infer")
-        step_times, infer_times = interleaved(steps, repeats), interleaved(infers, repeats)
+            steps["torch"], infers["torch"] = (torch.block("step"), repeats, 5), (torch.block("infer"), repeats, 5)
+        step_times, infer_times = interleaved(steps), interleaved(infers)
     finally:
         if torch:
             torch.close()
-    ref_step = median_time(lambda: train_step(ref_model, ref_opt, ref_loss, x, labels), reference_repeats)
-    ref_infer = median_time(lambda: ref_model.forward(x), reference_repeats)
+    ref_step, ref_infer = step_times["reference"], infer_times["reference"]
 
     result["train_step"] = {"fast_s": step_times["fast"], "reference_s": ref_step,
                             "speedup": ref_step / step_times["fast"]}
@@ -188,7 +195,7 @@ def format_bench(r):
     """The human-readable report of run_bench's result."""
     ms = lambda s: f"{s * 1e3:9.3f}"  # noqa: E731
     lines = [f"fastlenet bench: batch {r['batch_size']}, float32, {r['data']} data; medians of {r['repeats']} "
-             f"runs (reference: {r['reference_repeats']}) after a warm-up",
+             f"runs (reference: {r['reference_repeats']}), taking turns, after a warm-up",
              f"threads: Numba {r['threads']['numba']}, BLAS {r['threads']['blas']}; first step (Numba compile or "
              f"cache load): {r['compile_s']:.2f} s ({r['numba_cache']['cache_misses']} compiled, "
              f"{r['numba_cache']['cache_hits']} from cache)", ""]

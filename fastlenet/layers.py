@@ -132,20 +132,25 @@ class MaxPool2D(PoolSpec):
 
 
 class ReLU(Layer):
-    """One Numba pass each way over flat memory; a strided input is copied first
-    (in LeNet-5 every ReLU follows a layer that writes a fresh contiguous array)."""
+    """One Numba pass each way over contiguous memory. A strided array (a conv's
+    input gradient is a transposed view) takes NumPy's ufuncs instead: they walk
+    any strides, where a copy first would cost more than the ReLU."""
 
     def forward(self, x):
         self._check_float(x)
         self._record(x.shape, x.dtype)
-        x = np.ascontiguousarray(x)
-        y, self._mask = np.empty_like(x), np.empty(x.shape, np.bool_)  # 1 byte per element instead of caching x
+        self._mask = np.empty(x.shape, np.bool_)  # 1 byte per element instead of caching x
+        if not x.flags.c_contiguous:
+            np.greater(x, 0, out=self._mask)
+            return np.maximum(x, 0)
+        y = np.empty_like(x)
         relu_forward(x.reshape(-1), y.reshape(-1), self._mask.reshape(-1))
         return y
 
     def backward(self, dy):
         self._check_grad(dy)
-        dy = np.ascontiguousarray(dy)
+        if not dy.flags.c_contiguous:
+            return dy * self._mask
         dx = np.empty_like(dy)
         relu_backward(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
         return dx

@@ -83,7 +83,7 @@ def chunk_bounds(task, plane, images, total):
     return start, min(total, start + images * plane)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=REDUCE)
 def gradient_to_grid(dy, grid, bias_grad):
     """Lays dy (N, F, OH, OW) out on the forward's grid, grid: (F, N, HP, WP), zero
     where no output is, and sums the bias gradient on the way. One filter per task."""

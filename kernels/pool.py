@@ -31,20 +31,21 @@ def maxpool_forward(x, kh, kw, sh, sw, out, argmax):
 
 @njit(parallel=True, cache=True)
 def maxpool_backward(dy, argmax, out):
-    """Routes each window's gradient to its argmax; out (N, C, H, W) is overwritten.
+    """Routes each window's gradient to its argmax; out (N, C, H, W), C-contiguous,
+    is overwritten. Each plane is addressed flat, as the argmax is: no division.
 
     Overlapping windows (stride < kernel) may share an argmax, hence +=; one
     thread per (image, channel) plane keeps that race-free.
     """
     n, c, oh, ow = dy.shape
-    width = out.shape[3]
+    planes = out.reshape(n, c, out.shape[2] * out.shape[3])
     for plane in prange(n * c):
         img, ch = plane // c, plane % c
-        out[img, ch] = 0
+        target = planes[img, ch]
+        target[:] = 0
         for i in range(oh):
             for j in range(ow):
-                k = argmax[img, ch, i, j]
-                out[img, ch, k // width, k % width] += dy[img, ch, i, j]
+                target[argmax[img, ch, i, j]] += dy[img, ch, i, j]
 
 
 @njit(parallel=True, cache=True)

@@ -132,12 +132,15 @@ def test_relu_linear_fast_matches_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_relu_fast_equals_reference_on_strided_input_zeros_and_nan(dtype):
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+def test_relu_fast_equals_reference_on_zeros_and_nan(dtype, strided):
     rng = np.random.default_rng(9)
     x = rng.standard_normal((3, 4, 6, 5)).astype(dtype).transpose(0, 1, 3, 2)  # a strided NCHW view
     x[0, 0, 0, :3] = [0.0, -0.0, np.nan]
     g = rng.standard_normal((3, 4, 6, 5)).astype(dtype).transpose(0, 1, 3, 2)
     g[1, 1, 1, 1] = np.inf
+    if not strided:
+        x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
     slow, quick = ref.ReLU(), fast.ReLU()
     y = quick.forward(x)
     np.testing.assert_array_equal(y, slow.forward(x))  # NaN where NaN: a diverging run stays visible
