@@ -9,9 +9,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .core import ConvSpec, Flatten, Layer, LinearSpec, PoolSpec
-from .kernels import (col2im, conv_forward, conv_input_grad, conv_weight_grad, gather_windows, gradient_to_grid,
+from .kernels import (col2im, conv_forward, conv_input_grad, conv_weight_grad, gather_windows, gradient_to_rows,
                       maxpool2x2_forward, maxpool_backward, maxpool_forward, relu_backward, relu_forward)
-from .kernels.direct import INPUT_GRAD_CHUNK_FLOATS, images_per_chunk
 
 __all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten"]
 
@@ -43,10 +42,11 @@ class Conv2D(ConvSpec):
     """Two algorithms, both checked against the reference:
 
     - stride 1: direct Numba kernels (fastlenet.kernels.direct) on the batch
-      laid out channel-major, (C, N*HP*WP): long contiguous multiply-adds and
-      no columns at all. LeNet's GEMMs are too thin (K = 25 or 150, 6 or 16
-      outputs) to pay for the copy that feeds them: measured on 2 cores,
-      C3 forward went from 4.7 ms (im2col + GEMM) to 2.8 ms.
+      laid out as image rows side by side, (C, HP, N*WP): long contiguous
+      multiply-adds and no columns at all. LeNet's GEMMs are too thin (K = 25
+      or 150, 6 or 16 outputs) to pay for the copy that feeds them: measured
+      on 2 cores, C3 forward went from 4.7 ms (im2col + GEMM) to 2.8 ms, and
+      to 2.2 ms with this layout.
     - any other stride: im2col + GEMM, the general path. Every window becomes
       a row of a matrix and the convolution one matrix product; the input
       gradient is a GEMM into columns and a Numba col2im scatter.
@@ -59,13 +59,12 @@ class Conv2D(ConvSpec):
         x_pad = _pad(x, *self.padding)
         c, hp, wp = x_pad.shape[1:]
         if self.stride == (1, 1):
-            # (N, C, HP, WP) -> (C, N*HP*WP): one copy, free when C == 1
-            self._x_cm = np.ascontiguousarray(x_pad.transpose(1, 0, 2, 3)).reshape(c, n * hp * wp)
-            y_grid = np.empty((f, n * hp * wp), x.dtype)
-            conv_forward(self._x_cm, self.weight.value, self.bias.value, wp, hp * wp, images_per_chunk(hp * wp),
-                         y_grid)
-            # (F, N*HP*WP) -> (F, N, HP, WP) -> the (N, F, OH, OW) view of the real outputs
-            return y_grid.reshape(f, n, hp, wp)[:, :, :oh, :ow].transpose(1, 0, 2, 3)
+            # (N, C, HP, WP) -> (C, HP, N*WP): each row of every image side by side, one copy
+            self._x_rows = np.ascontiguousarray(x_pad.transpose(1, 2, 0, 3)).reshape(c, hp, n * wp)
+            y_rows = np.empty((f, oh, n * wp), x.dtype)
+            conv_forward(self._x_rows, self.weight.value, self.bias.value, y_rows)
+            # (F, OH, N*WP) -> (F, OH, N, WP) -> the (N, F, OH, OW) view of the real outputs
+            return y_rows.reshape(f, oh, n, wp)[..., :ow].transpose(2, 0, 1, 3)
         self._x_pad_shape = x_pad.shape
         self._cols = im2col(x_pad, self.kernel_size, self.stride, (oh, ow), self._cols)  # (N*OH*OW, C*KH*KW)
         y = self._cols @ self.weight.value.reshape(f, -1).T                               # (N*OH*OW, F)
@@ -92,18 +91,16 @@ class Conv2D(ConvSpec):
     def _backward_direct(self, dy):
         (n, f, oh, ow), c = dy.shape, self.in_channels
         hp, wp = oh + self.kernel_size[0] - 1, ow + self.kernel_size[1] - 1
-        # (N, F, OH, OW) -> (F, N, HP, WP), the forward's grid, zero where no output is
-        dy_grid = np.empty((f, n, hp, wp), dy.dtype)
-        gradient_to_grid(dy, dy_grid, self.bias.grad)
-        dy_grid = dy_grid.reshape(f, -1)
-        conv_weight_grad(self._x_cm, dy_grid, wp, hp * wp, images_per_chunk(hp * wp), self.weight.grad)
+        # (N, F, OH, OW) -> (F, OH, N*WP), the forward's rows, zero where no output is
+        dy_rows = np.empty((f, oh, n * wp), dy.dtype)
+        gradient_to_rows(dy, dy_rows, self.bias.grad)
+        conv_weight_grad(self._x_rows, dy_rows, self.weight.grad)
         if not self.input_grad:
             return None
-        dx_grid = np.empty((c, n * hp * wp), dy.dtype)
-        conv_input_grad(dy_grid, self.weight.value, wp, hp * wp, images_per_chunk(hp * wp, INPUT_GRAD_CHUNK_FLOATS),
-                        dx_grid)
-        # (C, N*HP*WP) -> (N, C, HP, WP) view, padding cropped
-        return self._crop(dx_grid.reshape(c, n, hp, wp).transpose(1, 0, 2, 3))
+        dx_rows = np.empty((c, hp, n * wp), dy.dtype)
+        conv_input_grad(dy_rows, self.weight.value, dx_rows)
+        # (C, HP, N*WP) -> (N, C, HP, WP) view, padding cropped
+        return self._crop(dx_rows.reshape(c, hp, n, wp).transpose(2, 0, 1, 3))
 
     def _crop(self, dx_pad):
         (ph, pw), (hp, wp) = self.padding, dx_pad.shape[2:]
