@@ -1,22 +1,28 @@
-"""Direct stride-1 convolution on image rows laid side by side.
+"""Direct stride-1 convolution as long contiguous multiply-adds.
 
-Lay the batch out row-major across images: x[c, h, n * WP + w], every input
-row h of every image in one long row of length L = N * WP. With stride 1,
-output row i reads input rows i + a, and output pixel (i, j) of image n sits
-at position p = n * WP + j of its row, so every kernel tap (c, a, b) is one
-long contiguous multiply-add over the whole batch:
+With stride 1, output pixel (i, j) reads input pixels (i + a, j + b). Lay the
+batch out so that whole rows of pixels follow each other in memory, and every
+kernel tap (c, a, b) becomes one long contiguous multiply-add over many
+images at once:
 
-    y[f, i, p] += w[f, c, a, b] * x[c, i + a, p + b]
+    y[f, i', p] += w[f, c, a, b] * x[c, i' + a * ROW_STEP, p + a * POS_STEP + b]
 
-Positions whose window straddles two images (j >= OW: 4 of 14 in C3) are
-computed and discarded (forward) or hold zeros (backward); that is the only
-waste, and long unit-stride loops are what LLVM vectorises (LeNet's 5-wide
-windows and 10-wide rows are not). Measured on C3 against the earlier layout,
-planes flattened image after image (which also computed the rows below each
-image's last output): forward 3.0-3.5 -> 2.2-2.3 ms at batch 256.
+Two layouts, same kernels (only the two steps differ):
 
-Rows are cut into segments of SEGMENT positions so that a task's rows stay in
-cache. One task per (output row, segment), per (filter, channel) or per
+- rows, (C, HP, N*WP): input row h of every image side by side; a tap row a
+  moves one row (ROW_STEP 1, POS_STEP 0). Only the positions whose window
+  straddles two images are wasted (C3: 4 of 14).
+- planes, (C, 1, N*HP*WP): whole images one after another in one long row; a
+  tap row a moves WP positions (ROW_STEP 0, POS_STEP WP). The rows below each
+  image's last output are wasted as well (C3: 49 % in all), but the loops stay
+  long when the batch is small, where the rows layout's are N*WP short.
+
+Wasted positions are computed and discarded (forward) or hold zeros
+(backward). Long unit-stride loops are what LLVM vectorises; LeNet's 5-wide
+windows and 10-wide rows are not.
+
+Rows are cut into segments of SEGMENT positions so that a task's data stays
+in cache. One task per (output row, segment), per (filter, channel) or per
 (input row, segment): every output element has one writer and a fixed
 summation order, whatever the thread count.
 """
@@ -80,13 +86,21 @@ def segment_count(length):
     return max(1, -(-length // SEGMENT))
 
 
+@njit(inline="always")
+def tap(t, kh, kw, row_step, pos_step):
+    """Kernel tap number t in (C, KH, KW) order -> (channel, rows, positions) it moves."""
+    c, a, b = t // (kh * kw), (t // kw) % kh, t % kw
+    return c, a * row_step, a * pos_step + b
+
+
 @njit(parallel=True, cache=True, fastmath=REDUCE)
-def gradient_to_rows(dy, rows, bias_grad):
-    """Lays dy (N, F, OH, OW) out as the forward's rows, rows: (F, OH, N*WP), zero
-    where no output is, and sums the bias gradient on the way. One (filter, run of
-    images) per task, reading dy in order; the bias adds the runs' sums in order."""
+def gradient_to_rows(dy, image_stride, row_step, pos_step, rows, bias_grad):
+    """Lays dy (N, F, OH, OW) out as the forward's output rows, rows: (F, R, N*image_stride):
+    output (n, i, j) at row i*row_step, position n*image_stride + i*pos_step + j, and
+    zeros up to the next output (each position written once). Sums the bias gradient
+    on the way. One (filter, run of images) per task, reading dy in order; the bias
+    adds the runs' sums in order."""
     n, f, oh, ow = dy.shape
-    width = rows.shape[2] // n
     run = 16
     runs = (n + run - 1) // run
     partial = np.empty((f, runs))  # float64: sums over up to run*OH*OW terms
@@ -94,35 +108,31 @@ def gradient_to_rows(dy, rows, bias_grad):
         fo, k = task // runs, task % runs
         total = 0.0
         for img in range(k * run, min(n, (k + 1) * run)):
-            start = img * width
             for i in range(oh):
-                g, row = dy[img, fo, i], rows[fo, i, start:start + width]
+                start = img * image_stride + i * pos_step
+                # up to the next output of this row: the image's next row (planes), else the next image
+                stop = start + pos_step if pos_step and i < oh - 1 else (img + 1) * image_stride
+                g, out = dy[img, fo, i], rows[fo, i * row_step, start:stop]  # sliced from 0: vectorises
                 for j in range(ow):
-                    row[j] = g[j]
+                    out[j] = g[j]
                     total += g[j]
-                for j in range(ow, width):
-                    row[j] = 0
+                for j in range(ow, out.shape[0]):
+                    out[j] = 0
         partial[fo, k] = total
     for fo in range(f):
         bias_grad[fo] = partial[fo].sum()
 
 
-@njit(inline="always")
-def tap(t, kh, kw):
-    """Kernel tap number t in (C, KH, KW) order -> (c, a, b)."""
-    return t // (kh * kw), (t // kw) % kh, t % kw
-
-
 @njit(parallel=True, cache=True)
-def conv_forward(x, w, bias, out):
-    """x: (C, HP, N*WP) input rows; w: (F, C, KH, KW); bias: (F,)
-    out: (F, OH, N*WP), overwritten up to N*WP - (KW-1) (the rest is left as is)."""
+def conv_forward(x, w, bias, row_step, pos_step, out):
+    """x: (C, R, L) input rows; w: (F, C, KH, KW); bias: (F,)
+    out: (F, R', L), overwritten up to the last window that fits in a row."""
     c, _, length = x.shape
     f, _, kh, kw = w.shape
-    oh, taps = out.shape[1], c * kh * kw
-    length -= kw - 1  # the last window that stays inside the row
+    taps = c * kh * kw
+    length -= (kh - 1) * pos_step + kw - 1
     pieces = segment_count(length)
-    for task in prange(oh * pieces):
+    for task in prange(out.shape[1] * pieces):
         i, start, stop = segment(task, pieces, length)
         for fo in range(f):
             acc = out[fo, i, start:stop]
@@ -130,81 +140,86 @@ def conv_forward(x, w, bias, out):
             wf = w[fo].ravel()
             t = 0
             while t + 4 <= taps:  # four taps per load and store of acc, across rows and channels
-                c0, a0, b0 = tap(t, kh, kw)
-                c1, a1, b1 = tap(t + 1, kh, kw)
-                c2, a2, b2 = tap(t + 2, kh, kw)
-                c3, a3, b3 = tap(t + 3, kh, kw)
-                axpy4(wf[t], x[c0, i + a0, start + b0:], wf[t + 1], x[c1, i + a1, start + b1:],
-                      wf[t + 2], x[c2, i + a2, start + b2:], wf[t + 3], x[c3, i + a3, start + b3:], acc)
+                c0, r0, p0 = tap(t, kh, kw, row_step, pos_step)
+                c1, r1, p1 = tap(t + 1, kh, kw, row_step, pos_step)
+                c2, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step)
+                c3, r3, p3 = tap(t + 3, kh, kw, row_step, pos_step)
+                axpy4(wf[t], x[c0, i + r0, start + p0:], wf[t + 1], x[c1, i + r1, start + p1:],
+                      wf[t + 2], x[c2, i + r2, start + p2:], wf[t + 3], x[c3, i + r3, start + p3:], acc)
                 t += 4
-            for r in range(t, taps):
-                cr, ar, br = tap(r, kh, kw)
-                axpy(wf[r], x[cr, i + ar, start + br:], acc)
+            for u in range(t, taps):
+                cu, ru, pu = tap(u, kh, kw, row_step, pos_step)
+                axpy(wf[u], x[cu, i + ru, start + pu:], acc)
 
 
 @njit(parallel=True, cache=True, fastmath=REDUCE)
-def conv_weight_grad(x, dy, dw):
-    """dw[f, c, a, b] = sum over rows i and positions p of dy[f, i, p] * x[c, i + a, p + b].
+def conv_weight_grad(x, dy, row_step, pos_step, dw):
+    """dw[f, c, a, b] = sum over output rows i and positions p of
+    dy[f, i, p] * x[c, i + a*row_step, p + a*pos_step + b].
 
-    x: (C, HP, N*WP); dy: (F, OH, N*WP), zero where no output is
+    x: (C, R, L); dy: (F, R', L), zero where no output is
     dw: (F, C, KH, KW), overwritten. One (f, c) pair per task, segments summed in order.
     """
     c, _, length = x.shape
     f, _, kh, kw = dw.shape
-    oh, taps = dy.shape[1], kh * kw
-    length -= kw - 1
+    taps = kh * kw
+    length -= (kh - 1) * pos_step + kw - 1
     pieces = segment_count(length)
     for task in prange(f * c):
         fo, ch = task // c, task % c
         acc = np.zeros(taps, dw.dtype)
-        for k in range(oh * pieces):
+        for k in range(dy.shape[1] * pieces):
             i, start, stop = segment(k, pieces, length)
             g = dy[fo, i, start:stop]
             t = 0
             while t + 4 <= taps:
-                _, a0, b0 = tap(t, kh, kw)
-                _, a1, b1 = tap(t + 1, kh, kw)
-                _, a2, b2 = tap(t + 2, kh, kw)
-                _, a3, b3 = tap(t + 3, kh, kw)
-                s0, s1, s2, s3 = dot4(g, x[ch, i + a0, start + b0:], x[ch, i + a1, start + b1:],
-                                      x[ch, i + a2, start + b2:], x[ch, i + a3, start + b3:])
+                _, r0, p0 = tap(t, kh, kw, row_step, pos_step)
+                _, r1, p1 = tap(t + 1, kh, kw, row_step, pos_step)
+                _, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step)
+                _, r3, p3 = tap(t + 3, kh, kw, row_step, pos_step)
+                s0, s1, s2, s3 = dot4(g, x[ch, i + r0, start + p0:], x[ch, i + r1, start + p1:],
+                                      x[ch, i + r2, start + p2:], x[ch, i + r3, start + p3:])
                 acc[t] += s0
                 acc[t + 1] += s1
                 acc[t + 2] += s2
                 acc[t + 3] += s3
                 t += 4
-            for r in range(t, taps):
-                _, ar, br = tap(r, kh, kw)
-                acc[r] += dot(g, x[ch, i + ar, start + br:])
+            for u in range(t, taps):
+                _, ru, pu = tap(u, kh, kw, row_step, pos_step)
+                acc[u] += dot(g, x[ch, i + ru, start + pu:])
         dw[fo, ch] = acc.reshape(kh, kw)
 
 
 @njit(parallel=True, cache=True)
-def conv_input_grad(dy, w, dx):
-    """dx[c, i + a, p + b] += w[f, c, a, b] * dy[f, i, p]: the transposed convolution.
+def conv_input_grad(dy, w, row_step, pos_step, dx):
+    """dx[c, i + a*row_step, p + a*pos_step + b] += w[f, c, a, b] * dy[f, i, p]: the
+    transposed convolution.
 
-    dy: (F, OH, N*WP), zero where no output is; w: (F, C, KH, KW)
-    dx: (C, HP, N*WP) padded input rows, overwritten. Gathered: a task owns a
-    segment of one input row and sums every (f, a, b) that reaches it.
+    dy: (F, R', L), zero where no output is; w: (F, C, KH, KW)
+    dx: (C, R, L) padded input rows, overwritten. Gathered: a task owns a segment
+    of one input row and sums every (f, a, b) that reaches it.
     """
-    f, oh, length = dy.shape
+    f, out_rows, length = dy.shape
     _, c, kh, kw = w.shape
-    hp = dx.shape[1]
-    valid = length - (kw - 1)  # dy positions that can hold an output
+    in_rows = dx.shape[1]
+    valid = length - (kh - 1) * pos_step - (kw - 1)  # dy positions that can hold an output
     pieces = segment_count(length)
-    for task in prange(c * hp * pieces):
+    for task in prange(c * in_rows * pieces):
         row, start, stop = segment(task, pieces, length)
-        ch, r = row // hp, row % hp
+        ch, r = row // in_rows, row % in_rows
         out = dx[ch, r]
         out[start:stop] = 0
-        for a in range(max(0, r - oh + 1), min(kh, r + 1)):
-            i = r - a
+        for a in range(kh):
+            i = r - a * row_step
+            if i < 0 or i >= out_rows:
+                continue
             for b in range(kw):
-                # dx positions q in [start, stop) take dy positions p = q - b in [0, valid)
-                lo, hi = max(start - b, 0), min(stop - b, valid)
+                shift = a * pos_step + b
+                # dx positions q in [start, stop) take dy positions p = q - shift in [0, valid)
+                lo, hi = max(start - shift, 0), min(stop - shift, valid)
                 if lo >= hi:
                     continue
-                target = out[lo + b:hi + b]
+                target = out[lo + shift:hi + shift]
                 # filters in fours: four dy rows per load and store of the dx segment
                 for fo in range(0, f - f % 4, 4):
                     axpy4(w[fo, ch, a, b], dy[fo, i, lo:], w[fo + 1, ch, a, b], dy[fo + 1, i, lo:],

@@ -36,6 +36,13 @@ POOL_CASES = [
 ]
 
 
+@pytest.fixture(params=["planes", "rows"])
+def row_layout(request, monkeypatch):
+    """The direct convolution's two layouts: the size threshold forced either way."""
+    monkeypatch.setattr(fast.RowLayout, "ROWS_FROM", 10**9 if request.param == "planes" else 0)
+    return request.param
+
+
 def conv_pair(case, dtype, seed=0):
     n, cin, cout, h, w, k, s, p = case
     layers = [mod.Conv2D(cin, cout, k, stride=s, padding=p, dtype=dtype, rng=seed) for mod in (ref, fast)]
@@ -48,7 +55,7 @@ def conv_pair(case, dtype, seed=0):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_gradients(backend, case):
+def test_conv_gradients(backend, case, row_layout):
     n, cin, cout, h, w, k, s, p = case
     rng = np.random.default_rng(1)
     layer = backend.Conv2D(cin, cout, k, stride=s, padding=p, dtype=np.float64, rng=rng)
@@ -84,7 +91,7 @@ def assert_close(a, b, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_fast_matches_reference(case, dtype):
+def test_conv_fast_matches_reference(case, dtype, row_layout):
     (slow, quick), x = conv_pair(case, dtype)
     assert_close(quick.forward(x), slow.forward(x), dtype)
     g = np.random.default_rng(5).standard_normal(slow._out_shape).astype(dtype)
