@@ -55,14 +55,15 @@ def load_tensors(path):
             head = f.read(2)
     except OSError as e:
         raise WeightsError(f"{path}: cannot read ({e.strerror})") from None
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        raise WeightsError(f"{path}: looks like a pickle or a zip (e.g. a torch.save file); fastlenet reads "
-                           f"only safetensors files and never loads pickles")
-    try:
+    try:  # safetensors parses a JSON header and raw bytes: it never unpickles anything
         with safe_open(str(path), framework="np") as f:
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
+        # sniffed only now: a safetensors header length may well start with these bytes
+        if head[:1] == b"\x80" or head[:2] == b"PK":
+            raise WeightsError(f"{path}: looks like a pickle or a zip (e.g. a torch.save file); fastlenet reads "
+                               f"only safetensors files and never loads pickles") from None
         raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
     if metadata.get("format") != WEIGHTS_FORMAT:
         raise WeightsError(f"{path}: not a fastlenet weights file (format {metadata.get('format')!r}, "
