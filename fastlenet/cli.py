@@ -44,6 +44,10 @@ def build_parser():
     t.add_argument("--limit-train", type=int, help="train on the first N training images only")
     t.add_argument("--val-size", type=int, default=d.val_size)
     t.add_argument("--normalize", action="store_true", help="standardise inputs with MNIST's mean/std")
+    t.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d.lr_schedule,
+                   help="constant (the spec), or cosine decay from --lr to 0 over the run")
+    t.add_argument("--shift", type=int, default=d.shift, metavar="PIXELS",
+                   help="augment: move each training image by up to PIXELS (0-4) each way (default 0, the spec)")
     t.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import DataError
 
@@ -230,6 +231,17 @@ def preprocess(images, dtype=np.float32, normalize=False):
         out -= dtype.type(0.1307)
         out /= dtype.type(0.3081)
     return out
+
+
+def shift_images(x, shifts):
+    """x (N, C, H, W) -> a copy with image k moved shifts[k] = (down, right) pixels,
+    zero-filled (nothing wraps round). The augmentation behind `--shift`."""
+    n, _, h, w = x.shape
+    s = int(np.abs(shifts).max(initial=0))
+    padded = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)))
+    windows = sliding_window_view(padded, (h, w), axis=(2, 3))  # (N, C, 2s+1, 2s+1, H, W), a view
+    # window (s - down, s - right) of image k is image k moved (down, right): one gather
+    return windows[np.arange(n), :, s - shifts[:, 0], s - shifts[:, 1]]
 
 
 def validation_split(n, size, seed):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .data import check_pair, load_mnist, preprocess, validation_split
+from .data import check_pair, load_mnist, preprocess, shift_images, validation_split
 from .distributed import GradientExchange, SingleProcess, check_replicas, world
 from .env import environment, set_threads
 from .errors import FastLeNetError, WeightsError
@@ -68,6 +68,8 @@ class TrainConfig:
     limit_train: int | None = None
     val_size: int = 1000
     normalize: bool = False
+    lr_schedule: str = "constant"
+    shift: int = 0
     checkpoint_every: int | None = None
     quiet: bool = False
 
@@ -84,10 +86,25 @@ class TrainConfig:
             raise ConfigError(f"--backend must be fast or reference, got {self.backend!r}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"--dtype must be float32 or float64, got {self.dtype!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0 <= self.shift <= 4:
+            raise ConfigError(f"--shift must be between 0 and 4 pixels, got {self.shift}")
         if self.limit_train is not None and self.limit_train < 1:
             raise ConfigError(f"--limit-train must be >= 1, got {self.limit_train}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ConfigError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(config, iteration, total):
+    """The rate for step `iteration` (0-based) of `total`: --lr throughout, or cosine
+    decay from --lr towards 0 over the run (a function of the step: resumes need no state)."""
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * iteration / total))
+    return config.lr
 
 
 def make_optimizer(config, params):
@@ -246,6 +263,7 @@ class Trainer:
             while self.batch_in_epoch < batches_per_epoch:
                 t0 = time.perf_counter()
                 idx = order[self.batch_in_epoch * cfg.batch_size:(self.batch_in_epoch + 1) * cfg.batch_size]
+                self.optimizer.lr = learning_rate(cfg, self.iteration, cfg.epochs * batches_per_epoch)
                 loss, batch_correct, stopping = self.step(idx, stop)
                 if not math.isfinite(loss):
                     raise TrainingStopped(f"loss is {loss} at iteration {self.iteration + 1} (epoch {self.epoch + 1}); "
@@ -258,7 +276,7 @@ class Trainer:
                 seen += len(idx)
                 correct += batch_correct
                 record(metrics_file, {"type": "iter", "iteration": self.iteration, "epoch": self.epoch + 1,
-                                      "loss": loss, "time_s": step_s})
+                                      "loss": loss, "lr": self.optimizer.lr, "time_s": step_s})
                 if bar:
                     bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / seen:.2%}", img_s=f"{seen / train_time:,.0f}",
                                     refresh=False)
@@ -289,8 +307,16 @@ class Trainer:
         several ranks). Returns the batch's mean loss, its number of right answers and,
         with several ranks, whether any of them was asked to stop."""
         mine = idx if self.exchange is None else np.array_split(idx, self.comm.size)[self.comm.rank]
+        if self.config.shift:  # drawn for the global batch from (seed, step): the same on every rank, on resume
+            s = self.config.shift
+            shifts = np.random.default_rng([self.config.seed, 0x5817F, self.iteration]).integers(-s, s + 1,
+                                                                                                 (len(idx), 2))
+            if self.exchange is not None:
+                shifts = np.array_split(shifts, self.comm.size)[self.comm.rank]
         if len(mine):
             x, y = self.batch(mine)
+            if self.config.shift:
+                x = shift_images(x, shifts)
             logits = self.model.forward(x)
             loss = self.loss.forward(logits, y)
             self.model.backward(self.loss.backward())

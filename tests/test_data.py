@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastlenet import data
-from fastlenet.data import DataError, parse_idx, preprocess, read_idx, validation_split
+from fastlenet.data import DataError, parse_idx, preprocess, read_idx, shift_images, validation_split
 from conftest import idx_bytes, write_idx
 
 LABELS = np.arange(10, dtype=np.uint8)
@@ -80,6 +80,18 @@ def test_preprocess_pads_and_scales():
     assert preprocess(images, np.float64).dtype == np.float64
     z = preprocess(np.zeros((1, 28, 28), np.uint8), normalize=True)
     assert z[0, 0, 0, 0] == pytest.approx(-0.1307 / 0.3081, rel=1e-6)
+
+
+def test_shift_images_moves_without_wrapping():
+    x = np.zeros((3, 1, 5, 5), np.float32)
+    x[:, 0, 1, 3] = 1.0  # one lit pixel per image
+    x[2, 0, 4, 4] = 2.0  # and one in the corner of the last image, which a shift pushes out
+    out = shift_images(x, np.array([[0, 0], [2, -1], [1, 1]]))
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_array_equal(out[0], x[0])
+    assert out[1, 0, 3, 2] == 1.0 and out[1].sum() == 1.0  # two down, one left
+    assert out[2, 0, 2, 4] == 1.0 and out[2].sum() == 1.0  # the corner pixel is gone, not wrapped round
+    assert x[1, 0, 1, 3] == 1.0  # the input is untouched
 
 
 def test_validation_split_is_seeded_and_disjoint():

@@ -8,7 +8,7 @@ import pytest
 
 from fastlenet.errors import WeightsError
 from fastlenet.storage import load_model, load_tensors
-from fastlenet.train import ConfigError, TrainConfig, TrainingStopped, train
+from fastlenet.train import ConfigError, TrainConfig, TrainingStopped, learning_rate, train
 from conftest import synthetic_mnist
 
 DATA = synthetic_mnist()
@@ -137,6 +137,10 @@ def test_bad_settings(tmp_path):
         train(config(tmp_path, batch_size=0), data=DATA)
     with pytest.raises(ConfigError, match="--optimizer must be adam or sgd"):
         train(config(tmp_path, optimizer="rmsprop"), data=DATA)
+    with pytest.raises(ConfigError, match="--shift must be between 0 and 4 pixels, got 5"):
+        train(config(tmp_path, shift=5), data=DATA)
+    with pytest.raises(ConfigError, match="--lr-schedule must be one of constant, cosine, got 'step'"):
+        train(config(tmp_path, lr_schedule="step"), data=DATA)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="exists and is not a directory"):
@@ -150,3 +154,30 @@ def test_real_mnist_short_run_learns(tmp_path, real_mnist):
                     data=real_mnist)
     assert summary["iterations"] == 2 * 157
     assert summary["test_accuracy"] >= 0.95
+
+
+def test_cosine_schedule_runs_from_lr_towards_zero():
+    cfg = TrainConfig(lr=1e-3, lr_schedule="cosine")
+    assert learning_rate(cfg, 0, 100) == 1e-3
+    assert learning_rate(cfg, 50, 100) == pytest.approx(5e-4)
+    assert 0 < learning_rate(cfg, 99, 100) < 1e-6
+    assert learning_rate(TrainConfig(lr=1e-3), 99, 100) == 1e-3
+
+
+def test_schedule_and_shifts_train_and_resume_bit_exactly(tmp_path):
+    """The recipe options are functions of (seed, step): a stopped run resumes to the same bits."""
+    extra = dict(epochs=2, lr_schedule="cosine", shift=2, quiet=False)
+    whole = train(config(tmp_path, "whole", **extra), data=DATA, progress=SignalAfter(0, signal.SIGINT))
+    SignalAfter.count = 0
+    with pytest.raises(TrainingStopped):
+        train(config(tmp_path, "cut", **extra), data=DATA, progress=SignalAfter(5, signal.SIGINT))
+    resumed = train(TrainConfig(quiet=True), resume=tmp_path / "cut", data=DATA)
+    w1, w2 = (load_tensors(tmp_path / r / "model.safetensors")[0] for r in ("whole", "cut"))
+    for name in w1:
+        np.testing.assert_array_equal(w1[name], w2[name])
+    assert resumed["final_loss"] == whole["final_loss"]
+    lrs = [json.loads(line).get("lr") for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [lr for lr in lrs if lr is not None]
+    assert lrs[0] == 1e-3 and all(a > b for a, b in zip(lrs, lrs[1:]))  # decays every step
+    plain = train(config(tmp_path, "plain", epochs=2), data=DATA)
+    assert plain["final_loss"] != whole["final_loss"]  # the options change the run
