@@ -25,15 +25,6 @@ from .models import LeNet5
 from .workloads import LAYERS, layer_case, train_step, training_setup
 
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def timed_block(fn, settle=True):
     """fn -> run_block(k): k timed calls, after one untimed call when `settle` (so that
     another contender's pool, still spinning, has settled; a call of a second needs none)."""
@@ -145,16 +136,19 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
     if layers:
         result["layers"] = {}
         for name in LAYERS:
-            row = {}
-            for backend, n in (("fast", repeats), ("reference", reference_repeats)):
+            row, passes = {}, {"forward": {}, "backward": {}}
+            for backend, n, block in (("fast", repeats, 5), ("reference", reference_repeats, 1)):
                 layer, lx = layer_case(name, backend, batch_size)
                 y = layer.forward(lx)
                 dy = np.random.default_rng(1).standard_normal(y.shape).astype(y.dtype)
                 layer.backward(dy)
-                row[f"{backend}_forward_s"] = median_time(lambda: layer.forward(lx), n)
-                row[f"{backend}_backward_s"] = median_time(lambda: layer.backward(dy), n)
-            row["forward_speedup"] = row["reference_forward_s"] / row["fast_forward_s"]
-            row["backward_speedup"] = row["reference_backward_s"] / row["fast_backward_s"]
+                # default arguments bind this backend's layer and arrays
+                passes["forward"][backend] = (timed_block(lambda layer=layer, lx=lx: layer.forward(lx)), n, block)
+                passes["backward"][backend] = (timed_block(lambda layer=layer, dy=dy: layer.backward(dy)), n, block)
+            for direction, contenders in passes.items():  # fast and reference take turns, as for the step
+                times = interleaved(contenders)
+                row[f"fast_{direction}_s"], row[f"reference_{direction}_s"] = times["fast"], times["reference"]
+                row[f"{direction}_speedup"] = times["reference"] / times["fast"]
             result["layers"][name] = row
 
     # the reference takes turns too, one step at a time, so that the speedup compares like with like
