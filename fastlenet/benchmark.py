@@ -40,6 +40,16 @@ def timed_block(fn, settle=True):
     return run_block
 
 
+def fast_turns(fn, runs):
+    """A contender for `interleaved` that takes blocks of 5 calls, each after a settling call."""
+    return timed_block(fn), runs, 5
+
+
+def reference_turns(fn, runs):
+    """A contender that takes one call a turn: a reference call lasts long enough to need no settling."""
+    return timed_block(fn, settle=False), runs, 1
+
+
 def interleaved(contenders):
     """{name: (run_block, runs, block)} -> {name: median seconds}: the contenders take
     turns, a block of runs each, until each has its runs, so that they share the
@@ -137,14 +147,14 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
         result["layers"] = {}
         for name in LAYERS:
             row, passes = {}, {"forward": {}, "backward": {}}
-            for backend, n, block in (("fast", repeats, 5), ("reference", reference_repeats, 1)):
+            for backend, turns, n in (("fast", fast_turns, repeats), ("reference", reference_turns, reference_repeats)):
                 layer, lx = layer_case(name, backend, batch_size)
                 y = layer.forward(lx)
                 dy = np.random.default_rng(1).standard_normal(y.shape).astype(y.dtype)
                 layer.backward(dy)
                 # default arguments bind this backend's layer and arrays
-                passes["forward"][backend] = (timed_block(lambda layer=layer, lx=lx: layer.forward(lx)), n, block)
-                passes["backward"][backend] = (timed_block(lambda layer=layer, dy=dy: layer.backward(dy)), n, block)
+                passes["forward"][backend] = turns(lambda layer=layer, lx=lx: layer.forward(lx), n)
+                passes["backward"][backend] = turns(lambda layer=layer, dy=dy: layer.backward(dy), n)
             for direction, contenders in passes.items():  # fast and reference take turns, as for the step
                 times = interleaved(contenders)
                 row[f"fast_{direction}_s"], row[f"reference_{direction}_s"] = times["fast"], times["reference"]
@@ -152,11 +162,11 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
             result["layers"][name] = row
 
     # the reference takes turns too, one step at a time, so that the speedup compares like with like
-    steps = {"fast": (timed_block(lambda: train_step(fast_model, fast_opt, fast_loss, x, labels)), repeats, 5),
-             "reference": (timed_block(lambda: train_step(ref_model, ref_opt, ref_loss, x, labels), settle=False),
-                           reference_repeats, 1)}
-    infers = {"fast": (timed_block(lambda: fast_model.forward(x)), repeats, 5),
-              "reference": (timed_block(lambda: ref_model.forward(x), settle=False), reference_repeats, 1)}
+    steps = {"fast": fast_turns(lambda: train_step(fast_model, fast_opt, fast_loss, x, labels), repeats),
+             "reference": reference_turns(lambda: train_step(ref_model, ref_opt, ref_loss, x, labels),
+                                          reference_repeats)}
+    infers = {"fast": fast_turns(lambda: fast_model.forward(x), repeats),
+              "reference": reference_turns(lambda: ref_model.forward(x), reference_repeats)}
     torch = TorchPeer(x, labels, thread_settings["numba"]) if with_torch else None
     try:
         if torch and torch.proc:

@@ -306,13 +306,14 @@ class Trainer:
         """Forward and backward of one global batch (this rank's slice of it, with
         several ranks). Returns the batch's mean loss, its number of right answers and,
         with several ranks, whether any of them was asked to stop."""
-        mine = idx if self.exchange is None else np.array_split(idx, self.comm.size)[self.comm.rank]
+        def my_share(a):
+            return a if self.exchange is None else np.array_split(a, self.comm.size)[self.comm.rank]
+
+        mine = my_share(idx)
         if self.config.shift:  # drawn for the global batch from (seed, step): the same on every rank, on resume
             s = self.config.shift
-            shifts = np.random.default_rng([self.config.seed, 0x5817F, self.iteration]).integers(-s, s + 1,
-                                                                                                 (len(idx), 2))
-            if self.exchange is not None:
-                shifts = np.array_split(shifts, self.comm.size)[self.comm.rank]
+            rng = np.random.default_rng([self.config.seed, 0x5817F, self.iteration])
+            shifts = my_share(rng.integers(-s, s + 1, (len(idx), 2)))
         if len(mine):
             x, y = self.batch(mine)
             if self.config.shift:

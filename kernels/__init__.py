@@ -12,5 +12,6 @@ from .im2col import gather_windows
 from .pool import maxpool2x2_forward, maxpool_backward, maxpool_forward
 from .relu import relu_backward, relu_forward
 
-__all__ = ["adam_update", "col2im", "conv_forward", "conv_input_grad", "conv_weight_grad", "gather_windows", "gradient_to_rows", "maxpool_forward",
-           "maxpool_backward", "maxpool2x2_forward", "relu_backward", "relu_forward"]
+__all__ = ["adam_update", "col2im", "conv_forward", "conv_input_grad", "conv_weight_grad", "gather_windows",
+           "gradient_to_rows", "maxpool_forward", "maxpool_backward", "maxpool2x2_forward", "relu_backward",
+           "relu_forward"]

@@ -87,6 +87,13 @@ def segment_count(length):
 
 
 @njit(inline="always")
+def reach(kh, kw, pos_step):
+    """How many positions past its first a window's last tap lies, in its row: the
+    positions at a row's end where no window fits."""
+    return (kh - 1) * pos_step + kw - 1
+
+
+@njit(inline="always")
 def tap(t, kh, kw, row_step, pos_step):
     """Kernel tap number t in (C, KH, KW) order -> (channel, rows, positions) it moves."""
     c, a, b = t // (kh * kw), (t // kw) % kh, t % kw
@@ -130,7 +137,7 @@ def conv_forward(x, w, bias, row_step, pos_step, out):
     c, _, length = x.shape
     f, _, kh, kw = w.shape
     taps = c * kh * kw
-    length -= (kh - 1) * pos_step + kw - 1
+    length -= reach(kh, kw, pos_step)  # the last window that fits in a row
     pieces = segment_count(length)
     for task in prange(out.shape[1] * pieces):
         i, start, stop = segment(task, pieces, length)
@@ -163,7 +170,7 @@ def conv_weight_grad(x, dy, row_step, pos_step, dw):
     c, _, length = x.shape
     f, _, kh, kw = dw.shape
     taps = kh * kw
-    length -= (kh - 1) * pos_step + kw - 1
+    length -= reach(kh, kw, pos_step)  # the last window that fits in a row
     pieces = segment_count(length)
     for task in prange(f * c):
         fo, ch = task // c, task % c
@@ -202,7 +209,7 @@ def conv_input_grad(dy, w, row_step, pos_step, dx):
     f, out_rows, length = dy.shape
     _, c, kh, kw = w.shape
     in_rows = dx.shape[1]
-    valid = length - (kh - 1) * pos_step - (kw - 1)  # dy positions that can hold an output
+    valid = length - reach(kh, kw, pos_step)  # dy positions that can hold an output
     pieces = segment_count(length)
     for task in prange(c * in_rows * pieces):
         row, start, stop = segment(task, pieces, length)

@@ -143,7 +143,8 @@ def test_adam_kernel_is_numpys_formula_bit_for_bit(dtype):
         opt.step()
         m = m * 0.8 + (1 - 0.8) * g
         v = v * 0.99 + (1 - 0.99) * g * g
-        value -= 3e-3 / (1 - 0.8 ** t) * m / (np.sqrt(v) / math.sqrt(1 - 0.99 ** t) + 1e-6)  # Python floats: no promotion
+        # math.sqrt: a Python float, so float32 stays float32 as in the optimizer
+        value -= 3e-3 / (1 - 0.8 ** t) * m / (np.sqrt(v) / math.sqrt(1 - 0.99 ** t) + 1e-6)
         assert p.value.dtype == dtype
         np.testing.assert_array_equal(p.value, value)
         np.testing.assert_array_equal(opt.exp_avg[0], m)
