@@ -4,10 +4,9 @@ with `impl` as the parameter, so each group's table shows the speedup.
     pytest bench/ --benchmark-only --benchmark-group-by=group,param:dtype,param:batch
 """
 
-import numpy as np
 import pytest
 
-from fastlenet.workloads import LAYERS, layer_case, synthetic_batch, train_step, training_setup
+from fastlenet.workloads import LAYERS, gradient_like, layer_case, synthetic_batch, train_step, training_setup
 from conftest import MATRIX
 
 
@@ -17,8 +16,7 @@ from conftest import MATRIX
 def test_layer(benchmark, measure, name, direction, impl, dtype, batch):
     benchmark.group = f"{name}-{direction}"
     layer, x = layer_case(name, impl, batch, dtype)
-    y = layer.forward(x)
-    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    dy = gradient_like(layer.forward(x))
     measure(impl, (lambda: layer.forward(x)) if direction == "forward" else (lambda: layer.backward(dy)))
 
 

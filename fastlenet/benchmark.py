@@ -22,7 +22,7 @@ from .data import FILES, load_mnist, locate, preprocess, search_dirs
 from .env import environment, set_threads
 from .losses import SoftmaxCrossEntropy
 from .models import LeNet5
-from .workloads import LAYERS, layer_case, train_step, training_setup
+from .workloads import LAYERS, gradient_like, layer_case, train_step, training_setup
 
 
 def timed_block(fn, settle=True):
@@ -149,8 +149,7 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
             row, passes = {}, {"forward": {}, "backward": {}}
             for backend, turns, n in (("fast", fast_turns, repeats), ("reference", reference_turns, reference_repeats)):
                 layer, lx = layer_case(name, backend, batch_size)
-                y = layer.forward(lx)
-                dy = np.random.default_rng(1).standard_normal(y.shape).astype(y.dtype)
+                dy = gradient_like(layer.forward(lx))
                 layer.backward(dy)
                 # default arguments bind this backend's layer and arrays
                 passes["forward"][backend] = turns(lambda layer=layer, lx=lx: layer.forward(lx), n)

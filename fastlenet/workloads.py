@@ -4,28 +4,34 @@ place in the network, and a whole training step."""
 import numpy as np
 
 from .losses import SoftmaxCrossEntropy
-from .models import BACKENDS, LeNet5
+from .models import LeNet5
 from .optim import Adam
 
-# name -> (layer factory given a backend module, dtype and rng; input shape without the batch axis)
-LAYERS = {
-    "conv2d-c1": (lambda L, dtype, rng: L.Conv2D(1, 6, 5, dtype=dtype, rng=rng), (1, 32, 32)),
-    "maxpool2d-s2": (lambda L, dtype, rng: L.MaxPool2D(2), (6, 28, 28)),
-    "relu-s2": (lambda L, dtype, rng: L.ReLU(), (6, 14, 14)),
-    "conv2d-c3": (lambda L, dtype, rng: L.Conv2D(6, 16, 5, dtype=dtype, rng=rng), (6, 14, 14)),
-    "maxpool2d-s4": (lambda L, dtype, rng: L.MaxPool2D(2), (16, 10, 10)),
-    "linear-f5": (lambda L, dtype, rng: L.Linear(400, 120, dtype=dtype, rng=rng), (400,)),
-    "linear-f6": (lambda L, dtype, rng: L.Linear(120, 84, dtype=dtype, rng=rng), (120,)),
-    "linear-f7": (lambda L, dtype, rng: L.Linear(84, 10, dtype=dtype, rng=rng), (84,)),
-}
+# benchmark name -> the layer's name in LeNet5
+LAYERS = {"conv2d-c1": "c1", "maxpool2d-s2": "s2", "relu-s2": "relu2", "conv2d-c3": "c3", "maxpool2d-s4": "s4",
+          "linear-f5": "f5", "linear-f6": "f6", "linear-f7": "f7"}
 
 
 def layer_case(name, backend, batch, dtype=np.float32, seed=0):
-    """A layer of `backend` and a seeded input batch for it (the same input for every backend)."""
-    make, shape = LAYERS[name]
-    layer = make(BACKENDS[backend], np.dtype(dtype), seed)
-    x = np.random.default_rng(seed).standard_normal((batch, *shape)).astype(dtype)
-    return layer, x
+    """A layer of a seeded LeNet5 on `backend` and its input there: a synthetic
+    batch run through the layers before it, so that the input has the values and
+    the memory layout the layer meets in training (the fast layers keep a large
+    batch innermost; C1 computes no input gradient)."""
+    model = LeNet5(backend, dtype, seed)
+    x, _ = synthetic_batch(batch, dtype, seed)
+    for layer_name, layer in zip(model.layer_names, model.layers):
+        if layer_name == LAYERS[name]:
+            return layer, x
+        x = layer.forward(x)
+    raise KeyError(name)
+
+
+def gradient_like(y, seed=1):
+    """A random upstream gradient laid out in memory as y is, as the next layer's
+    backward hands it over in the network."""
+    dy = np.empty_like(y)  # order "K": y's memory order
+    dy[...] = np.random.default_rng(seed).standard_normal(y.shape)
+    return dy
 
 
 def train_step(model, optimizer, loss, x, labels):

@@ -7,11 +7,12 @@ Numba thread count.
 
 from .adam import adam_update
 from .col2im import col2im
-from .direct import conv_forward, conv_input_grad, conv_weight_grad, gradient_to_rows
+from .direct import conv_forward, conv_input_grad, conv_weight_grad, gradient_to_planes, interleave
 from .im2col import gather_windows
-from .pool import maxpool2x2_forward, maxpool_backward, maxpool_forward
+from .pool import (maxpool2x2_backward_interleaved, maxpool2x2_forward, maxpool2x2_forward_interleaved, maxpool_backward,
+                   maxpool_forward)
 from .relu import relu_backward, relu_forward
 
 __all__ = ["adam_update", "col2im", "conv_forward", "conv_input_grad", "conv_weight_grad", "gather_windows",
-           "gradient_to_rows", "maxpool_forward", "maxpool_backward", "maxpool2x2_forward", "relu_backward",
-           "relu_forward"]
+           "gradient_to_planes", "interleave", "maxpool_forward", "maxpool_backward", "maxpool2x2_forward",
+           "maxpool2x2_forward_interleaved", "maxpool2x2_backward_interleaved", "relu_backward", "relu_forward"]

@@ -1,21 +1,21 @@
 """Direct stride-1 convolution as long contiguous multiply-adds.
 
 With stride 1, output pixel (i, j) reads input pixels (i + a, j + b). Lay the
-batch out so that whole rows of pixels follow each other in memory, and every
-kernel tap (c, a, b) becomes one long contiguous multiply-add over many
-images at once:
+batch out so that many pixels follow each other in memory, and every kernel
+tap (c, a, b) becomes one long contiguous multiply-add over many images at once:
 
-    y[f, i', p] += w[f, c, a, b] * x[c, i' + a * ROW_STEP, p + a * POS_STEP + b]
+    y[f, i', p] += w[f, c, a, b] * x[c, i' + a * ROW_STEP, p + a * POS_STEP + b * COL_STEP]
 
-Two layouts, same kernels (only the two steps differ):
+Two layouts, same kernels (only the three steps differ):
 
-- rows, (C, HP, N*WP): input row h of every image side by side; a tap row a
-  moves one row (ROW_STEP 1, POS_STEP 0). Only the positions whose window
-  straddles two images are wasted (C3: 4 of 14).
+- interleaved, (C, HP, WP*N): pixel (h, w) of every image side by side, the
+  batch innermost; a tap moves a rows and b*N positions (ROW_STEP 1, POS_STEP 0,
+  COL_STEP N). An output row is exactly OW*N positions: nothing is wasted.
 - planes, (C, 1, N*HP*WP): whole images one after another in one long row; a
-  tap row a moves WP positions (ROW_STEP 0, POS_STEP WP). The rows below each
-  image's last output are wasted as well (C3: 49 % in all), but the loops stay
-  long when the batch is small, where the rows layout's are N*WP short.
+  tap moves a*WP + b positions (ROW_STEP 0, POS_STEP WP, COL_STEP 1). The
+  windows that cross an image's right or bottom edge are wasted (C3: 49 %),
+  but the loops stay long when the batch is small, where the interleaved rows
+  are only WP*N positions.
 
 Wasted positions are computed and discarded (forward) or hold zeros
 (backward). Long unit-stride loops are what LLVM vectorises; LeNet's 5-wide
@@ -87,26 +87,25 @@ def segment_count(length):
 
 
 @njit(inline="always")
-def reach(kh, kw, pos_step):
+def reach(kh, kw, pos_step, col_step):
     """How many positions past its first a window's last tap lies, in its row: the
     positions at a row's end where no window fits."""
-    return (kh - 1) * pos_step + kw - 1
+    return (kh - 1) * pos_step + (kw - 1) * col_step
 
 
 @njit(inline="always")
-def tap(t, kh, kw, row_step, pos_step):
+def tap(t, kh, kw, row_step, pos_step, col_step):
     """Kernel tap number t in (C, KH, KW) order -> (channel, rows, positions) it moves."""
     c, a, b = t // (kh * kw), (t // kw) % kh, t % kw
-    return c, a * row_step, a * pos_step + b
+    return c, a * row_step, a * pos_step + b * col_step
 
 
 @njit(parallel=True, cache=True, fastmath=REDUCE)
-def gradient_to_rows(dy, image_stride, row_step, pos_step, rows, bias_grad):
-    """Lays dy (N, F, OH, OW) out as the forward's output rows, rows: (F, R, N*image_stride):
-    output (n, i, j) at row i*row_step, position n*image_stride + i*pos_step + j, and
-    zeros up to the next output (each position written once). Sums the bias gradient
-    on the way. One (filter, run of images) per task, reading dy in order; the bias
-    adds the runs' sums in order."""
+def gradient_to_planes(dy, hp, wp, planes, bias_grad):
+    """Lays dy (N, F, OH, OW) out as the forward's output in the planes layout,
+    planes: (F, 1, N*HP*WP): output (n, i, j) at position (n*HP + i)*WP + j, zeros
+    everywhere else. Sums the bias gradient on the way. One (filter, run of images)
+    per task, reading dy in order; the bias adds the runs' sums in order."""
     n, f, oh, ow = dy.shape
     run = 16
     runs = (n + run - 1) // run
@@ -115,29 +114,27 @@ def gradient_to_rows(dy, image_stride, row_step, pos_step, rows, bias_grad):
         fo, k = task // runs, task % runs
         total = 0.0
         for img in range(k * run, min(n, (k + 1) * run)):
+            image = planes[fo, 0, img * hp * wp:(img + 1) * hp * wp]
+            image[oh * wp:] = 0
             for i in range(oh):
-                start = img * image_stride + i * pos_step
-                # up to the next output of this row: the image's next row (planes), else the next image
-                stop = start + pos_step if pos_step and i < oh - 1 else (img + 1) * image_stride
-                g, out = dy[img, fo, i], rows[fo, i * row_step, start:stop]  # sliced from 0: vectorises
+                g, out = dy[img, fo, i], image[i * wp:(i + 1) * wp]  # sliced from 0: vectorises
                 for j in range(ow):
                     out[j] = g[j]
                     total += g[j]
-                for j in range(ow, out.shape[0]):
-                    out[j] = 0
+                out[ow:] = 0
         partial[fo, k] = total
     for fo in range(f):
         bias_grad[fo] = partial[fo].sum()
 
 
 @njit(parallel=True, cache=True)
-def conv_forward(x, w, bias, row_step, pos_step, out):
+def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
     """x: (C, R, L) input rows; w: (F, C, KH, KW); bias: (F,)
-    out: (F, R', L), overwritten up to the last window that fits in a row."""
+    out: (F, R', L') with L' >= L - reach, overwritten up to the last window that fits in a row."""
     c, _, length = x.shape
     f, _, kh, kw = w.shape
     taps = c * kh * kw
-    length -= reach(kh, kw, pos_step)  # the last window that fits in a row
+    length -= reach(kh, kw, pos_step, col_step)  # the last window that fits in a row
     pieces = segment_count(length)
     for task in prange(out.shape[1] * pieces):
         i, start, stop = segment(task, pieces, length)
@@ -147,30 +144,30 @@ def conv_forward(x, w, bias, row_step, pos_step, out):
             wf = w[fo].ravel()
             t = 0
             while t + 4 <= taps:  # four taps per load and store of acc, across rows and channels
-                c0, r0, p0 = tap(t, kh, kw, row_step, pos_step)
-                c1, r1, p1 = tap(t + 1, kh, kw, row_step, pos_step)
-                c2, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step)
-                c3, r3, p3 = tap(t + 3, kh, kw, row_step, pos_step)
+                c0, r0, p0 = tap(t, kh, kw, row_step, pos_step, col_step)
+                c1, r1, p1 = tap(t + 1, kh, kw, row_step, pos_step, col_step)
+                c2, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step, col_step)
+                c3, r3, p3 = tap(t + 3, kh, kw, row_step, pos_step, col_step)
                 axpy4(wf[t], x[c0, i + r0, start + p0:], wf[t + 1], x[c1, i + r1, start + p1:],
                       wf[t + 2], x[c2, i + r2, start + p2:], wf[t + 3], x[c3, i + r3, start + p3:], acc)
                 t += 4
             for u in range(t, taps):
-                cu, ru, pu = tap(u, kh, kw, row_step, pos_step)
+                cu, ru, pu = tap(u, kh, kw, row_step, pos_step, col_step)
                 axpy(wf[u], x[cu, i + ru, start + pu:], acc)
 
 
 @njit(parallel=True, cache=True, fastmath=REDUCE)
-def conv_weight_grad(x, dy, row_step, pos_step, dw):
+def conv_weight_grad(x, dy, row_step, pos_step, col_step, dw):
     """dw[f, c, a, b] = sum over output rows i and positions p of
-    dy[f, i, p] * x[c, i + a*row_step, p + a*pos_step + b].
+    dy[f, i, p] * x[c, i + a*row_step, p + a*pos_step + b*col_step].
 
-    x: (C, R, L); dy: (F, R', L), zero where no output is
+    x: (C, R, L); dy: (F, R', L') with L' >= L - reach, zero where no output is
     dw: (F, C, KH, KW), overwritten. One (f, c) pair per task, segments summed in order.
     """
     c, _, length = x.shape
     f, _, kh, kw = dw.shape
     taps = kh * kw
-    length -= reach(kh, kw, pos_step)  # the last window that fits in a row
+    length -= reach(kh, kw, pos_step, col_step)  # the last window that fits in a row
     pieces = segment_count(length)
     for task in prange(f * c):
         fo, ch = task // c, task % c
@@ -180,10 +177,10 @@ def conv_weight_grad(x, dy, row_step, pos_step, dw):
             g = dy[fo, i, start:stop]
             t = 0
             while t + 4 <= taps:
-                _, r0, p0 = tap(t, kh, kw, row_step, pos_step)
-                _, r1, p1 = tap(t + 1, kh, kw, row_step, pos_step)
-                _, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step)
-                _, r3, p3 = tap(t + 3, kh, kw, row_step, pos_step)
+                _, r0, p0 = tap(t, kh, kw, row_step, pos_step, col_step)
+                _, r1, p1 = tap(t + 1, kh, kw, row_step, pos_step, col_step)
+                _, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step, col_step)
+                _, r3, p3 = tap(t + 3, kh, kw, row_step, pos_step, col_step)
                 s0, s1, s2, s3 = dot4(g, x[ch, i + r0, start + p0:], x[ch, i + r1, start + p1:],
                                       x[ch, i + r2, start + p2:], x[ch, i + r3, start + p3:])
                 acc[t] += s0
@@ -192,24 +189,24 @@ def conv_weight_grad(x, dy, row_step, pos_step, dw):
                 acc[t + 3] += s3
                 t += 4
             for u in range(t, taps):
-                _, ru, pu = tap(u, kh, kw, row_step, pos_step)
+                _, ru, pu = tap(u, kh, kw, row_step, pos_step, col_step)
                 acc[u] += dot(g, x[ch, i + ru, start + pu:])
         dw[fo, ch] = acc.reshape(kh, kw)
 
 
 @njit(parallel=True, cache=True)
-def conv_input_grad(dy, w, row_step, pos_step, dx):
-    """dx[c, i + a*row_step, p + a*pos_step + b] += w[f, c, a, b] * dy[f, i, p]: the
+def conv_input_grad(dy, w, row_step, pos_step, col_step, dx):
+    """dx[c, i + a*row_step, p + a*pos_step + b*col_step] += w[f, c, a, b] * dy[f, i, p]: the
     transposed convolution.
 
-    dy: (F, R', L), zero where no output is; w: (F, C, KH, KW)
+    dy: (F, R', L') with L' >= L - reach, zero where no output is; w: (F, C, KH, KW)
     dx: (C, R, L) padded input rows, overwritten. Gathered: a task owns a segment
     of one input row and sums every (f, a, b) that reaches it.
     """
-    f, out_rows, length = dy.shape
+    f, out_rows = dy.shape[:2]
     _, c, kh, kw = w.shape
-    in_rows = dx.shape[1]
-    valid = length - reach(kh, kw, pos_step)  # dy positions that can hold an output
+    _, in_rows, length = dx.shape
+    valid = length - reach(kh, kw, pos_step, col_step)  # dy positions that can hold an output
     pieces = segment_count(length)
     for task in prange(c * in_rows * pieces):
         row, start, stop = segment(task, pieces, length)
@@ -221,7 +218,7 @@ def conv_input_grad(dy, w, row_step, pos_step, dx):
             if i < 0 or i >= out_rows:
                 continue
             for b in range(kw):
-                shift = a * pos_step + b
+                shift = a * pos_step + b * col_step
                 # dx positions q in [start, stop) take dy positions p = q - shift in [0, valid)
                 lo, hi = max(start - shift, 0), min(stop - shift, valid)
                 if lo >= hi:
@@ -233,3 +230,19 @@ def conv_input_grad(dy, w, row_step, pos_step, dx):
                           w[fo + 2, ch, a, b], dy[fo + 2, i, lo:], w[fo + 3, ch, a, b], dy[fo + 3, i, lo:], target)
                 for fo in range(f - f % 4, f):
                     axpy(w[fo, ch, a, b], dy[fo, i, lo:], target)
+
+
+@njit(parallel=True, cache=True)
+def interleave(x, out):
+    """out[c, h, w, n] = x[n, c, h, w]: a batch (N, C, H, W) in the interleaved
+    layout. One (channel, row) per task, whose (W, N) block of out stays in
+    cache while image after image fills a column of it: reads run along x's
+    rows, and NumPy's own transposing copy is ~5x slower on C1's input."""
+    n, c, h, w = x.shape
+    for task in prange(c * h):
+        ch, r = task // h, task % h
+        block = out[ch, r]
+        for img in range(n):
+            row = x[img, ch, r]
+            for j in range(w):
+                block[j, img] = row[j]

@@ -5,7 +5,8 @@ CI runs this file once more with NUMBA_DISABLE_JIT=1."""
 import numpy as np
 import pytest
 
-from fastlenet.kernels import col2im, maxpool2x2_forward, maxpool_backward, maxpool_forward
+from fastlenet.kernels import (col2im, interleave, maxpool2x2_backward_interleaved, maxpool2x2_forward,
+                               maxpool2x2_forward_interleaved, maxpool_backward, maxpool_forward)
 
 
 def compiled_and_python(kernel):
@@ -53,3 +54,31 @@ def test_maxpool2x2_kernel_matches_the_general_one(forward):
     forward(x, out2, argmax2)
     np.testing.assert_array_equal(out2, out)
     np.testing.assert_array_equal(argmax2, argmax)
+
+
+@pytest.mark.parametrize("forward", compiled_and_python(maxpool2x2_forward_interleaved))
+@pytest.mark.parametrize("backward", compiled_and_python(maxpool2x2_backward_interleaved))
+def test_interleaved_2x2_pool_kernels_match_the_general_ones(forward, backward):
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 3, (3, 2, 5, 7)).astype(np.float32)  # ties, a ragged row and column
+    out, argmax = np.empty((3, 2, 2, 3), np.float32), np.empty((3, 2, 2, 3), np.int32)
+    maxpool_forward(x, 2, 2, 2, 2, out, argmax)
+    to_inner = (1, 2, 3, 0)  # (N, C, H, W) -> (C, H, W, N)
+    out2, argmax2 = np.empty((2, 2, 3, 3), np.float32), np.empty((2, 2, 3, 3), np.int32)
+    forward(x.transpose(to_inner), out2, argmax2)
+    np.testing.assert_array_equal(out2, out.transpose(to_inner))
+    np.testing.assert_array_equal(argmax2, argmax.transpose(to_inner))
+    dy = rng.standard_normal(out.shape).astype(np.float32)
+    dx = np.empty_like(x)
+    maxpool_backward(dy, argmax, dx)
+    dx2 = np.full((2, 5, 7, 3), np.nan, np.float32)  # must be overwritten everywhere
+    backward(dy.transpose(to_inner), argmax2, dx2)
+    np.testing.assert_array_equal(dx2, dx.transpose(to_inner))
+
+
+@pytest.mark.parametrize("kernel", compiled_and_python(interleave))
+def test_interleave_puts_the_batch_innermost(kernel):
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)
+    out = np.full((3, 4, 5, 2), np.nan)
+    kernel(x, out)
+    np.testing.assert_array_equal(out, x.transpose(1, 2, 3, 0))

@@ -36,11 +36,16 @@ POOL_CASES = [
 ]
 
 
-@pytest.fixture(params=["planes", "rows"])
+@pytest.fixture(params=["planes", "interleaved"])
 def row_layout(request, monkeypatch):
     """The direct convolution's two layouts: the size threshold forced either way."""
     monkeypatch.setattr(fast.RowLayout, "ROWS_FROM", 10**9 if request.param == "planes" else 0)
     return request.param
+
+
+def batch_innermost_copy(x):
+    """x with the same values, laid out as a large batch's convolution output: (C, H, W, N) in memory."""
+    return np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
 
 
 def conv_pair(case, dtype, seed=0):
@@ -100,6 +105,19 @@ def test_conv_fast_matches_reference(case, dtype, row_layout):
         assert_close(p_fast.grad, p_ref.grad, dtype)
 
 
+@pytest.mark.parametrize("case", [(3, 2, 4, 8, 8, 5, 1, 0), (2, 3, 2, 6, 5, 3, 1, 2)])
+def test_conv_on_a_batch_innermost_input(case, row_layout):
+    """A convolution's input as the pool before it leaves a large batch: read in
+    place (no padding) or copied once into padded rows."""
+    (slow, quick), x = conv_pair(case, np.float64)
+    x_inner = batch_innermost_copy(x)
+    assert_close(quick.forward(x_inner), slow.forward(x), np.float64)
+    g = np.random.default_rng(5).standard_normal(slow._out_shape)
+    assert_close(quick.backward(batch_innermost_copy(g)), slow.backward(g), np.float64)
+    for p_fast, p_ref in zip(quick.params, slow.params):
+        assert_close(p_fast.grad, p_ref.grad, np.float64)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", POOL_CASES)
 def test_pool_fast_matches_reference(case, dtype):
@@ -113,6 +131,46 @@ def test_pool_fast_matches_reference(case, dtype):
     dx_ref, dx_fast = slow.backward(g), quick.backward(g)
     assert_close(dx_fast, dx_ref, dtype)
     assert np.count_nonzero(dx_fast) <= g.size  # one receiver per window
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, kernel, stride", [((3, 2, 7, 9), 2, None), ((2, 1, 4, 4), 2, None),
+                                                   ((4, 3, 6, 5), 3, 2)])
+def test_pool_on_a_batch_innermost_input(shape, kernel, stride, dtype):
+    """Ties and ragged edges included; a 2x2 pool keeps the batch innermost for the next layer."""
+    x = np.random.default_rng(11).integers(0, 4, shape).astype(dtype)
+    slow, quick = ref.MaxPool2D(kernel, stride), fast.MaxPool2D(kernel, stride)
+    y_fast, y_ref = quick.forward(batch_innermost_copy(x)), slow.forward(x)
+    assert_close(y_fast, y_ref, dtype)
+    assert fast.batch_innermost(y_fast) == (kernel == 2)
+    g = np.random.default_rng(12).standard_normal(y_ref.shape).astype(dtype)
+    for grad in (g, batch_innermost_copy(g)):  # whatever layout the gradient comes in
+        assert_close(quick.backward(grad), slow.backward(grad), dtype)
+    check_layer_gradients(fast.MaxPool2D(kernel, stride), batch_innermost_copy(distinct_values(
+        np.random.default_rng(13), shape)), np.random.default_rng(14))
+
+
+def test_relu_and_flatten_keep_a_batch_innermost_layout():
+    rng = np.random.default_rng(15)
+    x = batch_innermost_copy(rng.standard_normal((3, 4, 5, 5)))
+    relu, flatten = fast.ReLU(), fast.Flatten()
+    y = relu.forward(x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert fast.batch_innermost(y)
+    flatten.forward(y)
+    g = rng.standard_normal((3, 100))
+    dy = flatten.backward(g)
+    np.testing.assert_array_equal(dy, g.reshape(3, 4, 5, 5))
+    assert fast.same_order(dy, x)  # so the ReLU takes its one-pass kernel
+    for grad in (dy, np.ascontiguousarray(dy)):
+        np.testing.assert_array_equal(relu.backward(grad), grad * (x > 0))
+
+
+def test_flat_views_memory_in_order():
+    a = np.arange(24.0).reshape(2, 3, 4)
+    np.testing.assert_array_equal(fast.flat(a.transpose(2, 0, 1)), np.arange(24.0))
+    assert fast.flat(a[:, :, :2]) is None  # not one dense block
+    assert fast.flat(a.T.T) is not None
 
 
 def test_pool_tie_goes_to_first_maximum():

@@ -9,6 +9,7 @@ from fastlenet.losses import SoftmaxCrossEntropy
 from fastlenet.models import LeNet5
 from fastlenet.optim import SGD, Adam
 from fastlenet.core import Parameter
+from fastlenet.layers import RowLayout
 from helpers import numerical_grad, rel_error
 
 
@@ -17,8 +18,12 @@ def batch(n, dtype, seed=0):
     return rng.random((n, 1, 32, 32)).astype(dtype), rng.integers(0, 10, n)
 
 
+@pytest.mark.parametrize("layout", ["planes", "interleaved"])
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
-def test_lenet_fast_matches_reference(dtype, tol):
+def test_lenet_fast_matches_reference(dtype, tol, layout, monkeypatch):
+    """Small batches run image after image; large ones interleaved, where the
+    pool, ReLU and flatten in between keep the batch innermost (forced here)."""
+    monkeypatch.setattr(RowLayout, "ROWS_FROM", 10**9 if layout == "planes" else 0)
     fast, ref = LeNet5("fast", dtype, seed=3), LeNet5("reference", dtype, seed=3)
     for name, p in fast.named_params.items():
         np.testing.assert_array_equal(p.value, ref.named_params[name].value)
