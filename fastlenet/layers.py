@@ -89,16 +89,13 @@ class RowLayout:
             return a.reshape(c, a.shape[1], -1, self.n)[:, :h, :w].transpose(3, 0, 1, 2)
         return a.reshape(c, self.n, self.hp, self.wp)[:, :, :h, :w].transpose(1, 0, 2, 3)
 
-    def gradient_rows(self, dy, bias_grad):
-        """dy (N, F, OH, OW) as the forward's output rows, zero where no output
-        is; the bias gradient (the sum of dy per filter) into bias_grad."""
+    def gradient_rows(self, dy):
+        """dy (N, F, OH, OW) as the forward's output rows, zero where no output is."""
         n, f, oh, ow = dy.shape
         if self.interleaved:  # free when dy lies interleaved, as the fast pool's gradient does
-            rows = np.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(f, oh, ow * n)
-            rows.reshape(f, -1).sum(axis=1, out=bias_grad)
-            return rows
+            return np.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(f, oh, ow * n)
         rows = self.empty(f, oh, ow, dy.dtype)
-        gradient_to_planes(dy, self.hp, self.wp, rows, bias_grad)
+        gradient_to_planes(dy, self.hp, self.wp, rows)
         return rows
 
 
@@ -154,8 +151,8 @@ class Conv2D(ConvSpec):
 
     def _backward_direct(self, dy):
         layout = self._layout
-        dy_rows = layout.gradient_rows(dy, self.bias.grad)
-        conv_weight_grad(self._x_rows, dy_rows, *layout.steps, self.weight.grad)
+        dy_rows = layout.gradient_rows(dy)
+        conv_weight_grad(self._x_rows, dy_rows, *layout.steps, self.weight.grad, self.bias.grad)
         if not self.input_grad:
             return None
         dx_rows = layout.empty(self.in_channels, layout.hp, layout.wp, dy.dtype)
