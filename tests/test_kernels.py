@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fastlenet.kernels import (col2im, interleave, maxpool2x2_backward_interleaved, maxpool2x2_forward,
-                               maxpool2x2_forward_interleaved, maxpool_backward, maxpool_forward)
+                               maxpool2x2_forward_interleaved, maxpool_backward, maxpool_forward,
+                               softmax_cross_entropy)
 
 
 def compiled_and_python(kernel):
@@ -82,3 +83,20 @@ def test_interleave_puts_the_batch_innermost(kernel):
     out = np.full((3, 4, 5, 2), np.nan)
     kernel(x, out)
     np.testing.assert_array_equal(out, x.transpose(1, 2, 3, 0))
+
+
+@pytest.mark.parametrize("kernel", compiled_and_python(softmax_cross_entropy))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_is_the_log_sum_exp_formula(kernel, dtype):
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal((7, 10)) * 5).astype(dtype)
+    logits[0] = [1e4, -1e4, 0, 0, 0, 0, 0, 0, 0, 3e3]  # exp would overflow without the shift
+    labels = rng.integers(0, 10, 7).astype(np.uint8)
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    probs = np.full_like(logits, np.nan)
+    total = kernel(logits, labels, probs)
+    assert probs.dtype == dtype and np.isfinite(total)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(probs, np.exp(log_probs), rtol=tol, atol=tol)
+    assert total == pytest.approx(-log_probs[np.arange(7), labels].sum(), rel=tol)
