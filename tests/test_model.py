@@ -9,7 +9,7 @@ from fastlenet.losses import SoftmaxCrossEntropy
 from fastlenet.models import LeNet5
 from fastlenet.optim import SGD, Adam
 from fastlenet.core import Parameter
-from fastlenet.layers import RowLayout
+from fastlenet.layers import RowLayout, batch_innermost
 from helpers import numerical_grad, rel_error
 
 
@@ -214,3 +214,15 @@ def test_adam_agrees_with_pytorch():
         tp.grad = torch.tensor(g)
         ours.step(), theirs.step()
     np.testing.assert_allclose(p.value, tp.detach().numpy(), rtol=1e-12)
+
+
+def test_large_batches_flow_batch_innermost_without_copies():
+    """From batch 37 both convolutions are interleaved: every 4-D activation after C1
+    lies batch-innermost, and C3 reads the ReLU's output in place."""
+    model = LeNet5("fast", np.float32, seed=0)
+    h, outputs = batch(40, np.float32)[0], []
+    for layer in model.layers[:6]:  # c1 s2 relu2 c3 s4 relu4
+        h = layer.forward(h)
+        outputs.append(h)
+    assert all(batch_innermost(a) for a in outputs)
+    assert np.shares_memory(model.c3._x_rows, outputs[2])
