@@ -69,8 +69,9 @@ class RowLayout:
             planes = np.zeros((c, n, self.hp, self.wp), x.dtype) if ph or pw else np.empty((c, n, h, w), x.dtype)
             planes[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)  # (N, C, H, W) -> (C, N, H, W)
             return planes.reshape(c, 1, -1)
-        if not (ph or pw) and x.transpose(1, 2, 3, 0).flags.c_contiguous:
-            return x.transpose(1, 2, 3, 0).reshape(c, h, w * n)
+        inner = x.transpose(1, 2, 3, 0)  # (C, H, W, N) view
+        if not (ph or pw) and inner.flags.c_contiguous:
+            return inner.reshape(c, h, w * n)
         rows = np.zeros((c, self.hp, self.wp, n), x.dtype) if ph or pw else np.empty((c, h, w, n), x.dtype)
         interleave(x, rows[:, ph:ph + h, pw:pw + w])  # (N, C, H, W) -> (C, H, W, N)
         return rows.reshape(c, self.hp, -1)

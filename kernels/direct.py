@@ -22,9 +22,9 @@ Wasted positions are computed and discarded (forward) or hold zeros
 windows and 10-wide rows are not.
 
 Rows are cut into segments of SEGMENT positions so that a task's data stays
-in cache. One task per (output row, segment), per (filter, channel) or per
-(input row, segment): every output element has one writer and a fixed
-summation order, whatever the thread count.
+in cache. One task per (output row, segment), per (pair of filters, channel)
+or per (pair of channels, input row, segment): every output element has one
+writer and a fixed summation order, whatever the thread count.
 """
 
 import numpy as np
@@ -248,7 +248,8 @@ def conv_input_grad(dy, w, row_step, pos_step, col_step, dx):
                 lo, hi = max(start - shift, 0), min(stop - shift, valid)
                 if lo >= hi:
                     continue
-                target, target2 = out[lo + shift - start:hi + shift - start], out2[lo + shift - start:hi + shift - start]
+                first, last = lo + shift - start, hi + shift - start  # within this task's segment
+                target, target2 = out[first:last], out2[first:last]
                 # filters in fours: four dy rows per load and store of the two dx segments
                 for fo in range(0, f - f % 4, 4):
                     axpy4_pair(w[fo, ch, a, b], w[fo, ch2, a, b], dy[fo, i, lo:],

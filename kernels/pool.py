@@ -72,7 +72,6 @@ def maxpool2x2_forward(x, out, argmax):
                 where_row[j] = 2 * i * width + 2 * j + where
 
 
-
 @njit(parallel=True, cache=True)
 def maxpool2x2_forward_interleaved(x, out, argmax):
     """maxpool2x2_forward with the batch innermost, as the interleaved convolution
