@@ -173,6 +173,45 @@ def test_flat_views_memory_in_order():
     assert fast.flat(a.T.T) is not None
 
 
+def test_aligned_empty_starts_large_arrays_on_a_cache_line():
+    for _ in range(20):  # malloc's placement varies; every one must come out aligned
+        a = fast.aligned_empty((6, 14, 3584), np.float32)
+        assert a.shape == (6, 14, 3584) and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+        assert a.ctypes.data % fast.CACHE_LINE == 0
+    small = fast.aligned_empty((3, 5), np.int32)  # below ALIGN_FROM: plain np.empty
+    assert small.shape == (3, 5) and small.dtype == np.int32
+    assert fast.aligned_empty((0, 4), np.float64).shape == (0, 4)
+
+
+@pytest.mark.parametrize("transpose", [(0, 1, 2, 3), (3, 0, 1, 2), (0, 2, 1, 3)])
+def test_aligned_empty_like_keeps_memory_order(transpose):
+    base = np.zeros((4, 16, 64, 64), np.float32)  # 1 MB, 256 kB as bools: both aligned
+    a = base.transpose(transpose)
+    for dtype in (None, np.bool_):
+        like = fast.aligned_empty_like(a, dtype)
+        assert like.shape == a.shape and like.dtype == (dtype or a.dtype)
+        assert fast.same_order(like, a) and fast.flat(like) is not None
+        assert like.ctypes.data % fast.CACHE_LINE == 0
+
+
+def test_lenet_buffers_start_on_cache_lines():
+    """What the kernels stream at batch 256 starts on a cache line: each conv's
+    packed input (C3's is the ReLU's output, read in place), conv outputs and
+    pool gradients (the convs' upstream gradients, read in place)."""
+    from fastlenet.models import LeNet5
+    model = LeNet5("fast", np.float32, seed=0)
+    h = np.random.default_rng(16).random((256, 1, 32, 32), np.float32)
+    outputs = []
+    for layer in model.layers:
+        h = layer.forward(h)
+        outputs.append(h)
+    c1_out, c3_out = outputs[0], outputs[3]
+    s2, s4 = model.layers[1], model.layers[4]
+    dy1, dy3 = s2.backward(np.ones_like(outputs[1])), s4.backward(np.ones_like(outputs[4]))
+    for a in (model.c1._x_rows, model.c3._x_rows, c1_out, c3_out, dy1, dy3):
+        assert a.ctypes.data % fast.CACHE_LINE == 0
+
+
 def test_pool_tie_goes_to_first_maximum():
     x = np.ones((1, 1, 2, 2))
     for backend in (ref, fast):
