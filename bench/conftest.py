@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from fastlenet.env import environment, set_threads
+from fastlenet.env import environment, hold_freed_memory, set_threads
 
 IMPLS = ["reference", "fast"]
 MATRIX = pytest.mark.parametrize("impl, dtype, batch", [
@@ -16,8 +16,9 @@ MATRIX = pytest.mark.parametrize("impl, dtype, batch", [
 
 @pytest.fixture(autouse=True, scope="session")
 def thread_policy():
-    """The library's default thread split (Numba: all cores, BLAS: 1), as the trainer uses."""
+    """The library's default thread split (Numba: all cores, BLAS: 1) and heap, as the trainer uses."""
     set_threads()
+    hold_freed_memory()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import kernels
 from .data import FILES, load_mnist, locate, preprocess, search_dirs
-from .env import environment, set_threads
+from .env import environment, hold_freed_memory, set_threads
 from .losses import SoftmaxCrossEntropy
 from .models import LeNet5
 from .workloads import LAYERS, gradient_like, layer_case, train_step, training_setup
@@ -132,6 +132,7 @@ class TorchPeer:
 def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, reference_repeats=3, data_dir=None,
               layers=True, with_torch=True):
     thread_settings = set_threads(threads, blas_threads)
+    hold_freed_memory()
     x, labels, source = mnist_batch(batch_size, data_dir)
 
     start = time.perf_counter()

@@ -13,7 +13,7 @@ import numpy as np
 
 from .benchmark import raw_mnist
 from .data import preprocess
-from .env import set_threads
+from .env import hold_freed_memory, set_threads
 from .workloads import train_step, training_setup
 
 
@@ -50,6 +50,7 @@ class Recorder:
 def profile_training(steps=50, batch_size=256, backend="fast", threads=None, blas_threads=1, data_dir=None,
                      trace=None, cprofile=None, warmup=3):
     thread_settings = set_threads(threads, blas_threads)
+    hold_freed_memory()
     images, labels, source = raw_mnist(batch_size * 8, data_dir)
     model, optimizer, loss = training_setup(backend)
     rng = np.random.default_rng(0)

@@ -23,7 +23,7 @@ import numpy as np
 from . import plots
 from .data import check_pair, load_mnist, preprocess, shift_images, validation_split
 from .distributed import GradientExchange, SingleProcess, check_replicas, world
-from .env import environment, set_threads
+from .env import environment, hold_freed_memory, set_threads
 from .errors import FastLeNetError, WeightsError
 from .evaluation import predict_proba, report
 from .losses import SoftmaxCrossEntropy
@@ -158,6 +158,7 @@ class Trainer:
         self.config, self.run_dir = config, Path(run_dir)
         self.comm = comm or SingleProcess()
         self.threads = set_threads(config.threads, config.blas_threads)
+        hold_freed_memory()
         self.dtype = np.dtype(config.dtype)
         self.data = data if data is not None else load_mnist(config.data_dir, progress=progress)
         check_pair(self.data.train_images, self.data.train_labels, "training set")
