@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 SEGMENT = 4096  # positions per task; measured on LeNet's shapes at batch 256
+TASKS = 8  # at least this many weight-gradient tasks, so that two cores share C1's evenly
 
 # Reassociation lets LLVM vectorise the dot products; the order is still fixed
 # by the compiled code, so results stay the same from run to run.
@@ -177,26 +178,36 @@ def conv_weight_grad(x, dy, row_step, pos_step, col_step, dw, bias_grad):
 
     x: (C, R, L); dy: (F, R', L') with L' >= L - reach, zero where no output is
     dw: (F, C, KH, KW). One (pair of filters, channel) per task, an odd last
-    filter paired with itself; segments summed in order. The channel-0 tasks sum
-    the bias gradient too (in float64), while their dy segments are in cache.
+    filter paired with itself, its (row, segment) pieces summed in order. When
+    that gives fewer than TASKS tasks (C1: 3), each task's pieces are split
+    into runs, summed apart and then in order: the split depends on the shapes
+    only, so the result does not depend on the thread count. The channel-0
+    tasks sum the bias gradient too (in float64), while dy is in cache.
     """
     c, _, length = x.shape
     f, _, kh, kw = dw.shape
     taps = kh * kw
     length -= reach(kh, kw, pos_step, col_step)  # the last window that fits in a row
     pieces = segment_count(length)
-    for task in prange((f + 1) // 2 * c):
-        fo, ch = 2 * (task // c), task % c
+    work = dy.shape[1] * pieces  # (row, segment) pieces per task
+    base = (f + 1) // 2 * c
+    runs = max(1, min(work, TASKS // base))
+    acc = np.zeros((base * runs, 2, taps), dw.dtype)
+    bias = np.zeros((base * runs, 2))
+    for task in prange(base * runs):
+        pair, run = task // runs, task % runs
+        fo, ch = 2 * (pair // c), pair % c
         f2 = min(fo + 1, f - 1)
-        acc, acc2 = np.zeros(taps, dw.dtype), np.zeros(taps, dw.dtype)
-        bias, bias2 = 0.0, 0.0
-        for k in range(dy.shape[1] * pieces):
+        for k in range(run * work // runs, (run + 1) * work // runs):
             i, start, stop = segment(k, pieces, length)
             g, h = dy[fo, i, start:stop], dy[f2, i, start:stop]
             if ch == 0:
+                sum_g, sum_h = 0.0, 0.0
                 for p in range(g.shape[0]):
-                    bias += g[p]
-                    bias2 += h[p]
+                    sum_g += g[p]
+                    sum_h += h[p]
+                bias[task, 0] += sum_g
+                bias[task, 1] += sum_h
             t = 0
             while t + 4 <= taps:
                 _, r0, p0 = tap(t, kh, kw, row_step, pos_step, col_step)
@@ -204,16 +215,24 @@ def conv_weight_grad(x, dy, row_step, pos_step, col_step, dw, bias_grad):
                 _, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step, col_step)
                 _, r3, p3 = tap(t + 3, kh, kw, row_step, pos_step, col_step)
                 dot4_pair(g, h, x[ch, i + r0, start + p0:], x[ch, i + r1, start + p1:],
-                          x[ch, i + r2, start + p2:], x[ch, i + r3, start + p3:], acc, acc2, t)
+                          x[ch, i + r2, start + p2:], x[ch, i + r3, start + p3:], acc[task, 0], acc[task, 1], t)
                 t += 4
             for u in range(t, taps):
                 _, ru, pu = tap(u, kh, kw, row_step, pos_step, col_step)
-                acc[u] += dot(g, x[ch, i + ru, start + pu:])
-                acc2[u] += dot(h, x[ch, i + ru, start + pu:])
-        dw[fo, ch] = acc.reshape(kh, kw)
-        dw[f2, ch] = acc2.reshape(kh, kw)
+                acc[task, 0, u] += dot(g, x[ch, i + ru, start + pu:])
+                acc[task, 1, u] += dot(h, x[ch, i + ru, start + pu:])
+    for pair in range(base):
+        fo, ch = 2 * (pair // c), pair % c
+        f2 = min(fo + 1, f - 1)
+        total = acc[pair * runs].copy()
+        total_bias = bias[pair * runs].copy()
+        for run in range(1, runs):
+            total += acc[pair * runs + run]
+            total_bias += bias[pair * runs + run]
+        dw[fo, ch] = total[0].reshape(kh, kw)
+        dw[f2, ch] = total[1].reshape(kh, kw)
         if ch == 0:
-            bias_grad[fo], bias_grad[f2] = bias, bias2
+            bias_grad[fo], bias_grad[f2] = total_bias[0], total_bias[1]
 
 
 @njit(parallel=True, cache=True)
