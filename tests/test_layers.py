@@ -236,6 +236,26 @@ def test_relu_linear_fast_matches_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_linear_after_a_batch_innermost_flatten_returns_its_order(dtype):
+    """A large batch's pool output, flattened, is (N, IN) with the batch
+    innermost; the fast Linear's gradient comes back so, and Flatten passes it
+    on as the view of the pool's layout, without a copy."""
+    rng = np.random.default_rng(9)
+    x = batch_innermost_copy(rng.standard_normal((7, 4, 3, 3)).astype(dtype))
+    g = rng.standard_normal((7, 5)).astype(dtype)
+    flatten, quick, slow = fast.Flatten(), fast.Linear(36, 5, dtype=dtype, rng=1), ref.Linear(36, 5, dtype=dtype, rng=1)
+    h = flatten.forward(x)
+    assert_close(quick.forward(h), slow.forward(x.reshape(7, 36)), dtype)
+    dh = quick.backward(g)
+    assert_close(dh, slow.backward(g), dtype)
+    assert fast.same_order(dh, h)
+    dx = flatten.backward(dh)
+    assert np.shares_memory(dx, dh) and fast.batch_innermost(dx)
+    for a, b in zip(quick.params, slow.params):
+        assert_close(a.grad, b.grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
 def test_relu_fast_equals_reference_on_zeros_and_nan(dtype, strided):
     rng = np.random.default_rng(9)
