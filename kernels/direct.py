@@ -59,6 +59,28 @@ def axpy4_pair(a0, b0, x0, a1, b1, x1, a2, b2, x2, a3, b3, x3, y, z):
         z[p] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
 
 
+@njit(inline="always")
+def start_pair(k, y0, z0, a0, b0, x0, a1, b1, x1, a2, b2, x2, y, z):
+    """y = y0 + a0 x0 + ... and z = z0 + b0 x0 + ... over the first k <= 3 taps:
+    the first pass over the outputs writes the bias and the taps left over
+    from the fours, instead of writing the bias and adding those taps in
+    passes of their own (C3 forward: 38 passes instead of 42, C1: 7 instead of 9)."""
+    n = y.shape[0]
+    if k == 0:  # one loop per k: a test inside the loop would keep LLVM from vectorising it
+        for p in range(n):
+            y[p], z[p] = y0, z0
+    elif k == 1:
+        for p in range(n):
+            y[p], z[p] = y0 + a0 * x0[p], z0 + b0 * x0[p]
+    elif k == 2:
+        for p in range(n):
+            y[p], z[p] = y0 + a0 * x0[p] + a1 * x1[p], z0 + b0 * x0[p] + b1 * x1[p]
+    else:
+        for p in range(n):
+            y[p] = y0 + a0 * x0[p] + a1 * x1[p] + a2 * x2[p]
+            z[p] = z0 + b0 * x0[p] + b1 * x1[p] + b2 * x2[p]
+
+
 @njit(inline="always", fastmath=REDUCE)
 def dot(x, y):
     s = x.dtype.type(0)
@@ -152,10 +174,17 @@ def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
             f2 = min(fo + 1, f - 1)
             acc = out[fo, i, start:stop]
             acc2 = out[f2, i, start:stop] if f2 > fo else np.empty(stop - start, out.dtype)
-            acc[:], acc2[:] = bias[fo], bias[f2]
             w1, w2 = w[fo].ravel(), w[f2].ravel()
+            fours = taps - taps % 4
+            u0, u1, u2 = min(fours, taps - 1), min(fours + 1, taps - 1), min(fours + 2, taps - 1)
+            c0, r0, p0 = tap(u0, kh, kw, row_step, pos_step, col_step)
+            c1, r1, p1 = tap(u1, kh, kw, row_step, pos_step, col_step)
+            c2, r2, p2 = tap(u2, kh, kw, row_step, pos_step, col_step)
+            start_pair(taps - fours, bias[fo], bias[f2], w1[u0], w2[u0], x[c0, i + r0, start + p0:],
+                       w1[u1], w2[u1], x[c1, i + r1, start + p1:], w1[u2], w2[u2], x[c2, i + r2, start + p2:],
+                       acc, acc2)
             t = 0
-            while t + 4 <= taps:  # four taps per load and store of acc, across rows and channels
+            while t < fours:  # four taps per load and store of acc, across rows and channels
                 c0, r0, p0 = tap(t, kh, kw, row_step, pos_step, col_step)
                 c1, r1, p1 = tap(t + 1, kh, kw, row_step, pos_step, col_step)
                 c2, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step, col_step)
@@ -164,10 +193,6 @@ def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
                            w1[t + 2], w2[t + 2], x[c2, i + r2, start + p2:], w1[t + 3], w2[t + 3],
                            x[c3, i + r3, start + p3:], acc, acc2)
                 t += 4
-            for u in range(t, taps):
-                cu, ru, pu = tap(u, kh, kw, row_step, pos_step, col_step)
-                axpy(w1[u], x[cu, i + ru, start + pu:], acc)
-                axpy(w2[u], x[cu, i + ru, start + pu:], acc2)
 
 
 @njit(parallel=True, cache=True, fastmath=REDUCE)
