@@ -22,9 +22,9 @@ Wasted positions are computed and discarded (forward) or hold zeros
 windows and 10-wide rows are not.
 
 Rows are cut into segments of SEGMENT positions so that a task's data stays
-in cache. One task per (output row, segment), per (pair of filters, channel)
-or per (pair of channels, input row, segment): every output element has one
-writer and a fixed summation order, whatever the thread count.
+in cache. One task per (output row, segment), per (pair of filters, channel,
+run of rows) or per (pair of channels, input row, segment): every output
+element has one writer and a fixed summation order, whatever the thread count.
 """
 
 import numpy as np
