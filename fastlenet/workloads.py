@@ -3,6 +3,7 @@ place in the network, and a whole training step."""
 
 import numpy as np
 
+from .layers import aligned_empty_like
 from .losses import SoftmaxCrossEntropy
 from .models import LeNet5
 from .optim import Adam
@@ -28,7 +29,7 @@ def layer_case(name, backend, batch, dtype=np.float32, seed=0):
 def gradient_like(y, seed=1):
     """A random upstream gradient laid out in memory as y is, as the next layer's
     backward hands it over in the network."""
-    dy = np.empty_like(y)  # order "K": y's memory order
+    dy = aligned_empty_like(y)  # y's memory order, on a cache line as the fast layers allocate it
     dy[...] = np.random.default_rng(seed).standard_normal(y.shape)
     return dy
 

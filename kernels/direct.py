@@ -136,6 +136,13 @@ def reach(kh, kw, pos_step, col_step):
 
 
 @njit(inline="always")
+def filter_pair(pair, channels, filters):
+    """Weight-gradient pair number -> (filter, its partner, channel); an odd last filter partners itself."""
+    fo = 2 * (pair // channels)
+    return fo, min(fo + 1, filters - 1), pair % channels
+
+
+@njit(inline="always")
 def tap(t, kh, kw, row_step, pos_step, col_step):
     """Kernel tap number t in (C, KH, KW) order -> (channel, rows, positions) it moves."""
     c, a, b = t // (kh * kw), (t // kw) % kh, t % kw
@@ -168,6 +175,12 @@ def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
     taps = c * kh * kw
     length -= reach(kh, kw, pos_step, col_step)  # the last window that fits in a row
     pieces = segment_count(length)
+    fours = taps - taps % 4
+    # the taps left over from the fours (up to 3), for the first pass; unused ones repeat the last tap
+    u0, u1, u2 = min(fours, taps - 1), min(fours + 1, taps - 1), min(fours + 2, taps - 1)
+    l0, s0, q0 = tap(u0, kh, kw, row_step, pos_step, col_step)
+    l1, s1, q1 = tap(u1, kh, kw, row_step, pos_step, col_step)
+    l2, s2, q2 = tap(u2, kh, kw, row_step, pos_step, col_step)
     for task in prange(out.shape[1] * pieces):
         i, start, stop = segment(task, pieces, length)
         for fo in range(0, f, 2):  # filters in pairs; an odd last one pairs with a scratch row
@@ -175,16 +188,10 @@ def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
             acc = out[fo, i, start:stop]
             acc2 = out[f2, i, start:stop] if f2 > fo else np.empty(stop - start, out.dtype)
             w1, w2 = w[fo].ravel(), w[f2].ravel()
-            fours = taps - taps % 4
-            u0, u1, u2 = min(fours, taps - 1), min(fours + 1, taps - 1), min(fours + 2, taps - 1)
-            c0, r0, p0 = tap(u0, kh, kw, row_step, pos_step, col_step)
-            c1, r1, p1 = tap(u1, kh, kw, row_step, pos_step, col_step)
-            c2, r2, p2 = tap(u2, kh, kw, row_step, pos_step, col_step)
-            start_pair(taps - fours, bias[fo], bias[f2], w1[u0], w2[u0], x[c0, i + r0, start + p0:],
-                       w1[u1], w2[u1], x[c1, i + r1, start + p1:], w1[u2], w2[u2], x[c2, i + r2, start + p2:],
+            start_pair(taps - fours, bias[fo], bias[f2], w1[u0], w2[u0], x[l0, i + s0, start + q0:],
+                       w1[u1], w2[u1], x[l1, i + s1, start + q1:], w1[u2], w2[u2], x[l2, i + s2, start + q2:],
                        acc, acc2)
-            t = 0
-            while t < fours:  # four taps per load and store of acc, across rows and channels
+            for t in range(0, fours, 4):  # four taps per load and store of acc, across rows and channels
                 c0, r0, p0 = tap(t, kh, kw, row_step, pos_step, col_step)
                 c1, r1, p1 = tap(t + 1, kh, kw, row_step, pos_step, col_step)
                 c2, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step, col_step)
@@ -192,7 +199,6 @@ def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
                 axpy4_pair(w1[t], w2[t], x[c0, i + r0, start + p0:], w1[t + 1], w2[t + 1], x[c1, i + r1, start + p1:],
                            w1[t + 2], w2[t + 2], x[c2, i + r2, start + p2:], w1[t + 3], w2[t + 3],
                            x[c3, i + r3, start + p3:], acc, acc2)
-                t += 4
 
 
 @njit(parallel=True, cache=True, fastmath=REDUCE)
@@ -221,8 +227,7 @@ def conv_weight_grad(x, dy, row_step, pos_step, col_step, dw, bias_grad):
     bias = np.zeros((base * runs, 2))
     for task in prange(base * runs):
         pair, run = task // runs, task % runs
-        fo, ch = 2 * (pair // c), pair % c
-        f2 = min(fo + 1, f - 1)
+        fo, f2, ch = filter_pair(pair, c, f)
         for k in range(run * work // runs, (run + 1) * work // runs):
             i, start, stop = segment(k, pieces, length)
             g, h = dy[fo, i, start:stop], dy[f2, i, start:stop]
@@ -247,8 +252,7 @@ def conv_weight_grad(x, dy, row_step, pos_step, col_step, dw, bias_grad):
                 acc[task, 0, u] += dot(g, x[ch, i + ru, start + pu:])
                 acc[task, 1, u] += dot(h, x[ch, i + ru, start + pu:])
     for pair in range(base):
-        fo, ch = 2 * (pair // c), pair % c
-        f2 = min(fo + 1, f - 1)
+        fo, f2, ch = filter_pair(pair, c, f)
         total = acc[pair * runs].copy()
         total_bias = bias[pair * runs].copy()
         for run in range(1, runs):
