@@ -3,13 +3,13 @@
 import json
 import platform
 import pstats
-import resource
+import subprocess
+import sys
 
 import pytest
 
 from fastlenet.benchmark import format_bench, run_bench
 from fastlenet.cli import main
-from fastlenet.env import environment, hold_freed_memory
 from fastlenet.profiler import format_profile, profile_training
 
 
@@ -74,17 +74,28 @@ def test_bad_measure_flags(capsys):
     assert main(["profile", "--steps", "0"]) == 1
 
 
+FAULTS_PER_STEP = """
+import resource
+from fastlenet.env import environment, hold_freed_memory
+from fastlenet.workloads import synthetic_batch, train_step, training_setup
+assert hold_freed_memory() and environment()["freed_memory_held"]
+setup, (x, labels) = training_setup("fast"), synthetic_batch(256)
+for _ in range(20):
+    train_step(*setup, x, labels)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    train_step(*setup, x, labels)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_held_memory_serves_the_next_step_without_page_faults():
     """With glibc's defaults batch-256 steps fault in ~120-240 fresh pages each
     in most stretches (large arrays unmapped on free); held, once the heap has
-    grown to the working set (a few steps), none."""
-    from fastlenet.workloads import synthetic_batch, train_step, training_setup
-    assert hold_freed_memory() and environment()["freed_memory_held"]
-    setup, (x, labels) = training_setup("fast"), synthetic_batch(256)
-    for _ in range(20):
-        train_step(*setup, x, labels)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        train_step(*setup, x, labels)
-    assert (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10 < 10
+    grown to the working set (a few steps), none. Measured in a training process
+    of its own: in this one, whatever earlier tests left in the heap decides
+    when it grows."""
+    run = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert float(run.stdout) < 10
