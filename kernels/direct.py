@@ -18,67 +18,41 @@ Two layouts, same kernels (only the three steps differ):
   are only WP*N positions.
 
 Wasted positions are computed and discarded (forward) or hold zeros
-(backward). Long unit-stride loops are what LLVM vectorises; LeNet's 5-wide
-windows and 10-wide rows are not.
+(backward).
 
-Rows are cut into segments of SEGMENT positions so that a task's data stays
-in cache. One task per (output row, segment), per (pair of filters, channel,
-run of rows) or per (pair of channels, input row, segment): every output
-element has one writer and a fixed summation order, whatever the thread count.
+The forward and the input gradient are register-blocked (fastlenet.kernels.simd):
+a block is six filters (or six input channels) at 2 x lanes consecutive
+positions, twelve vectors of sums that stay in registers while every tap that
+reaches them is added; each tap loads two input vectors and six weights for
+twelve multiply-adds. LLVM's own vectorisation of a long loop keeps the sums
+in memory instead, loading and storing them on every tap (C3's forward at
+batch 256, 2 cores: 1.1-1.6 ms that way, 0.86-1.2 ms blocked, in the same runs).
+A row's last block ends on the row's last position and overlaps the block
+before it, which the same task computed: the same sums, the same bits.
+
+The weight gradient is a set of long dot products, which LLVM vectorises well:
+rows are cut into segments of SEGMENT positions so that a task's data stays in
+cache. Every output element has one writer and a fixed summation order,
+whatever the thread count.
 """
 
 import numpy as np
 from numba import njit, prange
 
+from .simd import fma, lanes, load, splat, store
+
 SEGMENT = 4096  # positions per task; measured on LeNet's shapes at batch 256
+# dy is copied into rows this many elements longer: at batch 256 its rows are
+# 10 KB apart and its filters 100 KB (multiples of 4 KB), so the 400 lines a
+# C3 input-gradient block reads fall into a few L1 sets and evict each other
+# (1.5 ms unpadded, 1.04 ms padded, copy included; 1.2 ms before blocking)
+PAD = 16
+RUN = 8  # blocks per forward or input-gradient task (2 x lanes positions each)
 TASKS = 8  # at least this many weight-gradient tasks, so that two cores share C1's evenly
 
 # Reassociation lets LLVM vectorise the dot products; the order is still fixed
 # by the compiled code, so results stay the same from run to run.
 REDUCE = {"reassoc", "contract"}
-
-
-@njit(inline="always")
-def axpy(alpha, x, y):
-    """y += alpha * x over 1-D views. Indexing slices from 0 (rather than
-    x[off + p]) is what lets LLVM vectorise: about 8x faster here."""
-    for p in range(y.shape[0]):
-        y[p] += alpha * x[p]
-
-
-@njit(inline="always")
-def axpy4_pair(a0, b0, x0, a1, b1, x1, a2, b2, x2, a3, b3, x3, y, z):
-    """y += a0 x0 + ... + a3 x3 and z += b0 x0 + ... + b3 x3. Loads and stores
-    bound a plain axpy: four inputs per load and store of y (measured ~1.6x
-    faster than four axpys), and two outputs per load of the inputs (two
-    filters in the forward, C3 ~20 % faster than one at a time; two input
-    channels in the input gradient)."""
-    for p in range(y.shape[0]):
-        v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]
-        y[p] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
-        z[p] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
-
-
-@njit(inline="always")
-def start_pair(k, y0, z0, a0, b0, x0, a1, b1, x1, a2, b2, x2, y, z):
-    """y = y0 + a0 x0 + ... and z = z0 + b0 x0 + ... over the first k <= 3 taps:
-    the first pass over the outputs writes the bias and the taps left over
-    from the fours, instead of writing the bias and adding those taps in
-    passes of their own (C3 forward: 38 passes instead of 42, C1: 7 instead of 9)."""
-    n = y.shape[0]
-    if k == 0:  # one loop per k: a test inside the loop would keep LLVM from vectorising it
-        for p in range(n):
-            y[p], z[p] = y0, z0
-    elif k == 1:
-        for p in range(n):
-            y[p], z[p] = y0 + a0 * x0[p], z0 + b0 * x0[p]
-    elif k == 2:
-        for p in range(n):
-            y[p], z[p] = y0 + a0 * x0[p] + a1 * x1[p], z0 + b0 * x0[p] + b1 * x1[p]
-    else:
-        for p in range(n):
-            y[p] = y0 + a0 * x0[p] + a1 * x1[p] + a2 * x2[p]
-            z[p] = z0 + b0 * x0[p] + b1 * x1[p] + b2 * x2[p]
 
 
 @njit(inline="always", fastmath=REDUCE)
@@ -166,39 +140,113 @@ def gradient_to_planes(dy, hp, wp, planes):
             out[ow:] = 0
 
 
+@njit(inline="always")
+def run_count(n, width):
+    """Tasks per row of n >= width positions: runs of RUN whole blocks of `width`."""
+    return -(-(n // width) // RUN)
+
+
+@njit(inline="always")
+def run_blocks(run, n, width):
+    """The blocks [first, last) of a run; block k starts at min(k * width, n - width).
+    The last run also takes the row's end block, when width does not divide n:
+    it overlaps the block before it, so both belong to one task."""
+    blocks = n // width
+    first, last = run * RUN, min(blocks, (run + 1) * RUN)
+    if last == blocks and n % width:
+        last += 1
+    return first, last
+
+
+@njit(inline="always")
+def six_from(first, count):
+    """first ... first + 5, those past the last of `count` repeating the last."""
+    last = count - 1
+    return first, min(first + 1, last), min(first + 2, last), min(first + 3, last), min(first + 4, last), \
+        min(first + 5, last)
+
+
+@njit(inline="always")
+def add_six(w0, w1, w2, w3, w4, w5, u, v, sums):
+    """sums + (w0 u, w0 v, w1 u, w1 v, ..., w5 v): six weights times two vectors,
+    twelve multiply-adds into the twelve sums (a tuple; it stays in registers)."""
+    a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5 = sums
+    return (fma(w0, u, a0), fma(w0, v, b0), fma(w1, u, a1), fma(w1, v, b1), fma(w2, u, a2), fma(w2, v, b2),
+            fma(w3, u, a3), fma(w3, v, b3), fma(w4, u, a4), fma(w4, v, b4), fma(w5, u, a5), fma(w5, v, b5))
+
+
+@njit(inline="always")
+def store_six(out, i0, i1, i2, i3, i4, i5, sums):
+    """Each pair of vectors of sums into out at i0 ... i5, one after the other."""
+    a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5 = sums
+    n = lanes(out)
+    store(out, i0, a0), store(out, i0 + n, b0)
+    store(out, i1, a1), store(out, i1 + n, b1)
+    store(out, i2, a2), store(out, i2 + n, b2)
+    store(out, i3, a3), store(out, i3 + n, b3)
+    store(out, i4, a4), store(out, i4 + n, b4)
+    store(out, i5, a5), store(out, i5 + n, b5)
+
+
+@njit(inline="always")
+def six_filters(xf, wt, bias, offset, base, fo, f, out, q):
+    """out[fo:fo+6, q:q + 2*lanes] = bias + every tap, out: (F, plane) flat;
+    x's block at xf[base:], tap t at offset[t] from it. Twelve vectors of sums
+    held in registers while all taps are added, each tap one load of two x
+    vectors and six weights for twelve multiply-adds. Filters past the last
+    repeat it (the same sums, written twice)."""
+    f0, f1, f2, f3, f4, f5 = six_from(fo, f)
+    n = lanes(xf)
+    sums = (splat(bias[f0], xf), splat(bias[f0], xf), splat(bias[f1], xf), splat(bias[f1], xf),
+            splat(bias[f2], xf), splat(bias[f2], xf), splat(bias[f3], xf), splat(bias[f3], xf),
+            splat(bias[f4], xf), splat(bias[f4], xf), splat(bias[f5], xf), splat(bias[f5], xf))
+    for t in range(offset.shape[0]):
+        o = base + offset[t]
+        sums = add_six(wt[f0, t], wt[f1, t], wt[f2, t], wt[f3, t], wt[f4, t], wt[f5, t],
+                       load(xf, o), load(xf, o + n), sums)
+    plane = out.shape[0] // f
+    store_six(out, f0 * plane + q, f1 * plane + q, f2 * plane + q, f3 * plane + q, f4 * plane + q, f5 * plane + q,
+              sums)
+
+
 @njit(parallel=True, cache=True)
 def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
     """x: (C, R, L) input rows; w: (F, C, KH, KW); bias: (F,)
-    out: (F, R', L') with L' >= L - reach, overwritten up to the last window that fits in a row."""
-    c, _, length = x.shape
+    out: (F, R', L') with L' >= L - reach, overwritten up to the last window
+    that fits in a row. All three contiguous.
+
+    Register-blocked (`six_filters`): a task owns a run of blocks of one
+    output row and does every filter on each block while its inputs are in
+    cache; rows shorter than a block go position by position.
+    """
+    c, rows, length = x.shape
     f, _, kh, kw = w.shape
     taps = c * kh * kw
-    length -= reach(kh, kw, pos_step, col_step)  # the last window that fits in a row
-    pieces = segment_count(length)
-    fours = taps - taps % 4
-    # the taps left over from the fours (up to 3), for the first pass; unused ones repeat the last tap
-    u0, u1, u2 = min(fours, taps - 1), min(fours + 1, taps - 1), min(fours + 2, taps - 1)
-    l0, s0, q0 = tap(u0, kh, kw, row_step, pos_step, col_step)
-    l1, s1, q1 = tap(u1, kh, kw, row_step, pos_step, col_step)
-    l2, s2, q2 = tap(u2, kh, kw, row_step, pos_step, col_step)
-    for task in prange(out.shape[1] * pieces):
-        i, start, stop = segment(task, pieces, length)
-        for fo in range(0, f, 2):  # filters in pairs; an odd last one pairs with a scratch row
-            f2 = min(fo + 1, f - 1)
-            acc = out[fo, i, start:stop]
-            acc2 = out[f2, i, start:stop] if f2 > fo else np.empty(stop - start, out.dtype)
-            w1, w2 = w[fo].ravel(), w[f2].ravel()
-            start_pair(taps - fours, bias[fo], bias[f2], w1[u0], w2[u0], x[l0, i + s0, start + q0:],
-                       w1[u1], w2[u1], x[l1, i + s1, start + q1:], w1[u2], w2[u2], x[l2, i + s2, start + q2:],
-                       acc, acc2)
-            for t in range(0, fours, 4):  # four taps per load and store of acc, across rows and channels
-                c0, r0, p0 = tap(t, kh, kw, row_step, pos_step, col_step)
-                c1, r1, p1 = tap(t + 1, kh, kw, row_step, pos_step, col_step)
-                c2, r2, p2 = tap(t + 2, kh, kw, row_step, pos_step, col_step)
-                c3, r3, p3 = tap(t + 3, kh, kw, row_step, pos_step, col_step)
-                axpy4_pair(w1[t], w2[t], x[c0, i + r0, start + p0:], w1[t + 1], w2[t + 1], x[c1, i + r1, start + p1:],
-                           w1[t + 2], w2[t + 2], x[c2, i + r2, start + p2:], w1[t + 3], w2[t + 3],
-                           x[c3, i + r3, start + p3:], acc, acc2)
+    n = length - reach(kh, kw, pos_step, col_step)  # positions with a window, per row
+    # reshape, not ravel: it refuses (rather than copies) an array that is not contiguous
+    wt, xf, yf = w.reshape(f, taps), x.reshape(-1), out.reshape(-1)
+    offset = np.empty(taps, np.int64)  # where tap t reads, from the block's own position in x
+    for t in range(taps):
+        ch, r, s = tap(t, kh, kw, row_step, pos_step, col_step)
+        offset[t] = (ch * rows + r) * length + s
+    width = 2 * lanes(x)
+    if n < width:
+        for task in prange(out.shape[1] * f):
+            i, fo = task // f, task % f
+            for p in range(n):
+                total = bias[fo]
+                for t in range(taps):
+                    total += wt[fo, t] * xf[i * length + p + offset[t]]
+                out[fo, i, p] = total
+        return
+    runs = run_count(n, width)
+    for task in prange(out.shape[1] * runs):
+        i, run = task // runs, task % runs
+        first, last = run_blocks(run, n, width)
+        for k in range(first, last):
+            q = min(k * width, n - width)
+            for fo in range(0, f, 6):
+                six_filters(xf, wt, bias, offset, i * length + q, fo, f, yf, i * out.shape[2] + q)
 
 
 @njit(parallel=True, cache=True, fastmath=REDUCE)
@@ -264,49 +312,101 @@ def conv_weight_grad(x, dy, row_step, pos_step, col_step, dw, bias_grad):
             bias_grad[fo], bias_grad[f2] = total_bias[0], total_bias[1]
 
 
+@njit(inline="always")
+def six_channels(dyf, wc, dy_rows, stride, edge, valid, r, q, co, row_step, pos_step, col_step, dxf, out):
+    """dxf[co:co+6, out:out + 2*lanes] = every (filter, a, b) that reaches input
+    positions [q, q + 2*lanes) of row r. dxf: (C, plane) flat; wc: (C, KH, KW, F);
+    dyf: dy's rows as (R', F, stride) flat, position p at edge + p, zeros
+    before and after. Six channels' sums in twelve registers, each filter
+    one load of two dy vectors and six weights for twelve multiply-adds.
+    Channels past the last repeat it."""
+    c, kh, kw, f = wc.shape
+    c0, c1, c2, c3, c4, c5 = six_from(co, c)
+    n = lanes(dyf)
+    zero = splat(0, dyf)
+    sums = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
+    for a in range(kh):
+        i = r - a * row_step
+        if i < 0 or i >= dy_rows:
+            continue
+        for b in range(kw):
+            lo = q - a * pos_step - b * col_step
+            if lo >= valid or lo + 2 * n <= 0:  # no output there
+                continue
+            for fo in range(f):
+                o = (i * f + fo) * stride + edge + lo
+                sums = add_six(wc[c0, a, b, fo], wc[c1, a, b, fo], wc[c2, a, b, fo], wc[c3, a, b, fo],
+                               wc[c4, a, b, fo], wc[c5, a, b, fo], load(dyf, o), load(dyf, o + n), sums)
+    plane = dxf.shape[0] // c
+    store_six(dxf, c0 * plane + out, c1 * plane + out, c2 * plane + out, c3 * plane + out, c4 * plane + out,
+              c5 * plane + out, sums)
+
+
+@njit(inline="always")
+def gather_positions(dyf, wc, dy_rows, stride, edge, valid, r, start, stop, row_step, pos_step, col_step, dxf, out):
+    """Position by position, what six_channels does by blocks: for rows shorter than a block."""
+    c, kh, kw, f = wc.shape
+    plane = dxf.shape[0] // c
+    for ch in range(c):
+        for q in range(start, stop):
+            total = dxf.dtype.type(0)
+            for a in range(kh):
+                i = r - a * row_step
+                if 0 <= i < dy_rows:
+                    for b in range(kw):
+                        p = q - a * pos_step - b * col_step
+                        if 0 <= p < valid:
+                            for fo in range(f):
+                                total += wc[ch, a, b, fo] * dyf[(i * f + fo) * stride + edge + p]
+            dxf[ch * plane + out + q - start] = total
+
+
 @njit(parallel=True, cache=True)
 def conv_input_grad(dy, w, row_step, pos_step, col_step, dx):
     """dx[c, i + a*row_step, p + a*pos_step + b*col_step] += w[f, c, a, b] * dy[f, i, p]: the
     transposed convolution.
 
     dy: (F, R', L') with L' >= L - reach, zero where no output is; w: (F, C, KH, KW)
-    dx: (C, R, L) padded input rows, overwritten. Gathered: a task owns a segment
-    of one input row in two channels (an odd last channel pairs with a scratch
-    row) and sums every (f, a, b) that reaches it; each load of dy serves both.
+    dx: (C, R, L) padded input rows, overwritten. All contiguous.
+
+    Gathered and register-blocked like the forward (`six_channels`): a block is
+    six channels at 2 x lanes positions of one input row, summing every
+    (filter, a, b) that reaches it; a task owns a run of blocks of a row. dy
+    is first copied into rows with zeros before and after (`reach` each), so
+    that a block whose taps straddle an edge of dy's positions (an image's or,
+    when N is not a multiple of 2 x lanes, a column's) reads zeros there.
+    Rows shorter than a block go position by position.
     """
-    f, out_rows = dy.shape[:2]
+    f, dy_rows, dy_length = dy.shape
     _, c, kh, kw = w.shape
-    _, in_rows, length = dx.shape
-    valid = length - reach(kh, kw, pos_step, col_step)  # dy positions that can hold an output
-    pieces = segment_count(length)
-    for task in prange((c + 1) // 2 * in_rows * pieces):
-        row, start, stop = segment(task, pieces, length)
-        ch, r = 2 * (row // in_rows), row % in_rows
-        ch2 = min(ch + 1, c - 1)
-        out = dx[ch, r, start:stop]
-        out2 = dx[ch2, r, start:stop] if ch2 > ch else np.empty(stop - start, dx.dtype)
-        out[:], out2[:] = 0, 0
-        for a in range(kh):
-            i = r - a * row_step
-            if i < 0 or i >= out_rows:
-                continue
-            for b in range(kw):
-                shift = a * pos_step + b * col_step
-                # dx positions q in [start, stop) take dy positions p = q - shift in [0, valid)
-                lo, hi = max(start - shift, 0), min(stop - shift, valid)
-                if lo >= hi:
-                    continue
-                first, last = lo + shift - start, hi + shift - start  # within this task's segment
-                target, target2 = out[first:last], out2[first:last]
-                # filters in fours: four dy rows per load and store of the two dx segments
-                for fo in range(0, f - f % 4, 4):
-                    axpy4_pair(w[fo, ch, a, b], w[fo, ch2, a, b], dy[fo, i, lo:],
-                               w[fo + 1, ch, a, b], w[fo + 1, ch2, a, b], dy[fo + 1, i, lo:],
-                               w[fo + 2, ch, a, b], w[fo + 2, ch2, a, b], dy[fo + 2, i, lo:],
-                               w[fo + 3, ch, a, b], w[fo + 3, ch2, a, b], dy[fo + 3, i, lo:], target, target2)
-                for fo in range(f - f % 4, f):
-                    axpy(w[fo, ch, a, b], dy[fo, i, lo:], target)
-                    axpy(w[fo, ch2, a, b], dy[fo, i, lo:], target2)
+    _, rows, length = dx.shape
+    edge = reach(kh, kw, pos_step, col_step)
+    valid = length - edge  # dy positions that can hold an output
+    wc = np.ascontiguousarray(w.transpose(1, 2, 3, 0))  # (F, C, KH, KW) -> (C, KH, KW, F): filters innermost
+    stride = edge + valid + edge + PAD
+    padded = np.empty((dy_rows, f, stride), dy.dtype)  # (F, R', L') -> (R', F, edge | valid | edge + PAD)
+    for task in prange(dy_rows * f):
+        i, fo = task // f, task % f
+        row = padded[i, fo]
+        row[:edge] = 0
+        row[edge:edge + valid] = dy[fo, i, :valid]
+        row[edge + valid:] = 0
+    dyf, dxf = padded.reshape(-1), dx.reshape(-1)
+    width = 2 * lanes(dx)
+    if length < width:
+        for r in prange(rows):
+            gather_positions(dyf, wc, dy_rows, stride, edge, valid, r, 0, length, row_step, pos_step, col_step, dxf,
+                             r * length)
+        return
+    runs = run_count(length, width)
+    for task in prange(rows * runs):
+        r, run = task // runs, task % runs
+        first, last = run_blocks(run, length, width)
+        for k in range(first, last):
+            q = min(k * width, length - width)
+            for co in range(0, c, 6):
+                six_channels(dyf, wc, dy_rows, stride, edge, valid, r, q, co, row_step, pos_step, col_step, dxf,
+                             r * length + q)
 
 
 @njit(parallel=True, cache=True)

@@ -3,8 +3,12 @@ written in (`.py_func`), so the kernel logic is covered line by line too.
 CI runs this file once more with NUMBA_DISABLE_JIT=1."""
 
 import numpy as np
+import numba
 import pytest
+from numba import njit
+from numba.core.errors import TypingError
 
+from fastlenet.kernels.simd import fma, lanes, load, splat, store
 from fastlenet.kernels import (col2im, interleave, maxpool2x2_backward_interleaved, maxpool2x2_forward,
                                maxpool2x2_forward_interleaved, maxpool_backward, maxpool_forward,
                                softmax_cross_entropy)
@@ -100,3 +104,32 @@ def test_softmax_cross_entropy_is_the_log_sum_exp_formula(kernel, dtype):
     tol = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(probs, np.exp(log_probs), rtol=tol, atol=tol)
     assert total == pytest.approx(-log_probs[np.arange(7), labels].sum(), rel=tol)
+
+
+@njit
+def _blocked_axpy(s, x, y, out):
+    """y[:lanes] = s * x[1:1 + lanes] + y[:lanes] and out[2:2 + lanes] = s, through the vector helpers."""
+    store(y, 0, fma(s, load(x, 1), load(y, 0)))
+    store(out, 2, splat(s, x))
+
+
+@pytest.mark.parametrize("kernel", compiled_and_python(_blocked_axpy))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vectors_load_multiply_add_and_store_a_register_of_elements(kernel, dtype):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(20).astype(dtype), rng.standard_normal(20).astype(dtype)
+    n = lanes(x)
+    assert n == 32 // x.itemsize
+    expected = y.copy()
+    expected[:n] = dtype(1.5) * x[1:1 + n] + y[:n]
+    out = np.zeros(20, dtype)
+    kernel(1.5, x, y, out)
+    np.testing.assert_allclose(y, expected, rtol=1e-6)  # fused or not, within rounding
+    np.testing.assert_array_equal(y[n:], expected[n:])  # nothing past the vector is touched
+    np.testing.assert_array_equal(out, np.r_[0, 0, np.full(n, 1.5), np.zeros(18 - n)].astype(dtype))
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="a compile-time check; plain Python has none")
+def test_vectors_refuse_a_strided_array():
+    with pytest.raises(TypingError, match="contiguous 1-D float arrays"):
+        _blocked_axpy(1.0, np.zeros(40, np.float32)[::2], np.zeros(20, np.float32), np.zeros(20, np.float32))

@@ -12,7 +12,8 @@ BACKENDS = [pytest.param(ref, id="reference"), pytest.param(fast, id="fast")]
 
 # (batch, in_ch, out_ch, height, width, kernel, stride, padding): batch 1,
 # odd sizes, non-square images, kernels 1/3/5, paddings 0/1/2, and strides 1/2,
-# that is both fast algorithms: direct (stride 1) and im2col + GEMM (stride 2)
+# that is both fast algorithms: direct (stride 1) and im2col + GEMM (stride 2);
+# more than six channels or filters, rows shorter and longer than a register block
 CONV_CASES = [
     (2, 3, 4, 9, 8, 5, 1, 1),
     (1, 8, 2, 6, 7, 3, 1, 2),
@@ -24,6 +25,7 @@ CONV_CASES = [
     (2, 1, 6, 8, 8, 5, 1, 0),
     (2, 3, 2, 6, 5, 1, 2, 1),
     (1, 4, 3, 5, 7, 3, 2, 0),
+    (3, 2, 8, 9, 9, 3, 1, 1),
 ]
 # (batch, channels, height, width, kernel, stride): overlapping windows (stride < kernel),
 # windows that leave a ragged edge, batch 1
