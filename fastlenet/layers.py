@@ -309,12 +309,27 @@ class Flatten(core.Flatten):
 
 
 class Linear(LinearSpec):
+    """GEMMs through BLAS, except after a batch-innermost input (a large batch's
+    pool output, flattened, and so every Linear after it). Its transpose x.T is
+    then IN rows of N positions, and y.T = W x.T + b is a 1x1 convolution of
+    them: the direct register-blocked kernels compute it and the input gradient
+    on both cores, where BLAS runs on one (batch 256: F5 forward 0.28 -> 0.19
+    ms, input gradient 0.27 -> 0.18, F6 0.067 -> 0.034 and 0.060 -> 0.045 ms).
+    The output and the input gradient come out batch-innermost too; the weight
+    gradient stays one GEMM."""
+
     def forward(self, x):
         self._start_forward(x)
         self._x = x
-        y = x @ self.weight.value.T
-        y += self.bias.value
-        return y
+        if not batch_innermost(x):
+            y = x @ self.weight.value.T
+            y += self.bias.value
+            return y
+        n = x.shape[0]
+        y_rows = aligned_empty((self.out_features, n), x.dtype)
+        conv_forward(x.T.reshape(self.in_features, 1, n), self._as_1x1(), self.bias.value, 1, 0, n,
+                     y_rows.reshape(self.out_features, 1, n))
+        return y_rows.T  # (OUT, N) -> (N, OUT) view
 
     def backward(self, dy):
         self._check_grad(dy)
@@ -322,8 +337,14 @@ class Linear(LinearSpec):
         dy.sum(axis=0, out=self.bias.grad)
         if not self.input_grad:
             return None
-        if self._x.flags.c_contiguous or not self._x.T.flags.c_contiguous:
+        if not batch_innermost(self._x):
             return dy @ self.weight.value
-        # x lay batch-innermost (a large batch's pool output, flattened): so does dx,
-        # and Flatten hands it back without a copy. (N, OUT) @ (OUT, IN) as (IN, N).T
-        return (self.weight.value.T @ dy.T).T
+        n = dy.shape[0]
+        dy_rows = np.ascontiguousarray(dy.T)  # (N, OUT) -> (OUT, N): free when dy lies batch-innermost
+        dx_rows = aligned_empty((self.in_features, n), dy.dtype)
+        conv_input_grad(dy_rows.reshape(self.out_features, 1, n), self._as_1x1(), 1, 0, n,
+                        dx_rows.reshape(self.in_features, 1, n))
+        return dx_rows.T  # (IN, N) -> (N, IN) view: Flatten hands it on without a copy
+
+    def _as_1x1(self):
+        return self.weight.value.reshape(self.out_features, self.in_features, 1, 1)  # (OUT, IN) as 1x1 filters

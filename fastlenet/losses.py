@@ -24,6 +24,7 @@ class SoftmaxCrossEntropy:
         n, k = logits.shape
         if n and (labels.min() < 0 or labels.max() >= k):
             raise ValueError(f"SoftmaxCrossEntropy: labels must lie in [0, {k}), got {labels.min()}..{labels.max()}")
+        logits = np.ascontiguousarray(logits)  # a fast Linear's batch-innermost output: one layout, one compiled kernel
         self._probs = np.empty_like(logits)
         self._labels = labels
         return softmax_cross_entropy(logits, labels, self._probs) / n if n else float("nan")

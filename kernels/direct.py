@@ -48,7 +48,7 @@ SEGMENT = 4096  # positions per task; measured on LeNet's shapes at batch 256
 # (1.5 ms unpadded, 1.04 ms padded, copy included; 1.2 ms before blocking)
 PAD = 16
 RUN = 8  # blocks per forward or input-gradient task (2 x lanes positions each)
-TASKS = 8  # at least this many weight-gradient tasks, so that two cores share C1's evenly
+TASKS = 8  # at least this many tasks where a kernel can, so that two cores share the work evenly
 
 # Reassociation lets LLVM vectorise the dot products; the order is still fixed
 # by the compiled code, so results stay the same from run to run.
@@ -141,18 +141,25 @@ def gradient_to_planes(dy, hp, wp, planes):
 
 
 @njit(inline="always")
-def run_count(n, width):
-    """Tasks per row of n >= width positions: runs of RUN whole blocks of `width`."""
-    return -(-(n // width) // RUN)
+def blocks_per_run(rows, n, width):
+    """RUN blocks of `width` per task, fewer when that would leave fewer than
+    TASKS tasks for the two cores (a Linear's single row of N positions)."""
+    return max(1, min(RUN, rows * (n // width) // TASKS))
 
 
 @njit(inline="always")
-def run_blocks(run, n, width):
+def run_count(n, width, per_run):
+    """Tasks per row of n >= width positions: runs of per_run whole blocks."""
+    return -(-(n // width) // per_run)
+
+
+@njit(inline="always")
+def run_blocks(run, n, width, per_run):
     """The blocks [first, last) of a run; block k starts at min(k * width, n - width).
     The last run also takes the row's end block, when width does not divide n:
     it overlaps the block before it, so both belong to one task."""
     blocks = n // width
-    first, last = run * RUN, min(blocks, (run + 1) * RUN)
+    first, last = run * per_run, min(blocks, (run + 1) * per_run)
     if last == blocks and n % width:
         last += 1
     return first, last
@@ -239,10 +246,11 @@ def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
                     total += wt[fo, t] * xf[i * length + p + offset[t]]
                 out[fo, i, p] = total
         return
-    runs = run_count(n, width)
+    per_run = blocks_per_run(out.shape[1], n, width)
+    runs = run_count(n, width, per_run)
     for task in prange(out.shape[1] * runs):
         i, run = task // runs, task % runs
-        first, last = run_blocks(run, n, width)
+        first, last = run_blocks(run, n, width, per_run)
         for k in range(first, last):
             q = min(k * width, n - width)
             for fo in range(0, f, 6):
@@ -398,10 +406,11 @@ def conv_input_grad(dy, w, row_step, pos_step, col_step, dx):
             gather_positions(dyf, wc, dy_rows, stride, edge, valid, r, 0, length, row_step, pos_step, col_step, dxf,
                              r * length)
         return
-    runs = run_count(length, width)
+    per_run = blocks_per_run(rows, length, width)
+    runs = run_count(length, width, per_run)
     for task in prange(rows * runs):
         r, run = task // runs, task % runs
-        first, last = run_blocks(run, length, width)
+        first, last = run_blocks(run, length, width, per_run)
         for k in range(first, last):
             q = min(k * width, length - width)
             for co in range(0, c, 6):

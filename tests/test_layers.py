@@ -70,6 +70,14 @@ def test_conv_gradients(backend, case, row_layout):
     check_layer_gradients(layer, rng.standard_normal((n, cin, h, w)), rng)
 
 
+def test_linear_gradients_on_a_batch_innermost_input():
+    """The fast Linear's 1x1-convolution path: more than six outputs, rows of 19."""
+    rng = np.random.default_rng(10)
+    layer = fast.Linear(20, 13, dtype=np.float64, rng=rng)
+    layer.bias.value[...] = rng.standard_normal(13)
+    check_layer_gradients(layer, np.asfortranarray(rng.standard_normal((19, 20))), rng)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", POOL_CASES)
 def test_pool_gradients(backend, case):
@@ -238,16 +246,21 @@ def test_relu_linear_fast_matches_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_linear_after_a_batch_innermost_flatten_returns_its_order(dtype):
+@pytest.mark.parametrize("batch", [7, 37])  # rows shorter and longer than a register block
+def test_linear_after_a_batch_innermost_flatten_returns_its_order(dtype, batch):
     """A large batch's pool output, flattened, is (N, IN) with the batch
-    innermost; the fast Linear's gradient comes back so, and Flatten passes it
+    innermost; the fast Linear computes it as a 1x1 convolution, its output
+    and gradient come back batch-innermost, and Flatten passes the gradient
     on as the view of the pool's layout, without a copy."""
     rng = np.random.default_rng(9)
-    x = batch_innermost_copy(rng.standard_normal((7, 4, 3, 3)).astype(dtype))
-    g = rng.standard_normal((7, 5)).astype(dtype)
-    flatten, quick, slow = fast.Flatten(), fast.Linear(36, 5, dtype=dtype, rng=1), ref.Linear(36, 5, dtype=dtype, rng=1)
+    x = batch_innermost_copy(rng.standard_normal((batch, 4, 3, 3)).astype(dtype))
+    g = rng.standard_normal((batch, 8)).astype(dtype)
+    flatten, quick, slow = fast.Flatten(), fast.Linear(36, 8, dtype=dtype, rng=1), ref.Linear(36, 8, dtype=dtype, rng=1)
+    quick.bias.value[...] = slow.bias.value[...] = rng.standard_normal(8)
     h = flatten.forward(x)
-    assert_close(quick.forward(h), slow.forward(x.reshape(7, 36)), dtype)
+    y = quick.forward(h)
+    assert_close(y, slow.forward(x.reshape(batch, 36)), dtype)
+    assert fast.batch_innermost(y)
     dh = quick.backward(g)
     assert_close(dh, slow.backward(g), dtype)
     assert fast.same_order(dh, h)

@@ -17,8 +17,7 @@ import pytest
 from fastlenet.core import Parameter
 from fastlenet.distributed import GradientExchange, SingleProcess
 from fastlenet.storage import load_tensors
-from fastlenet.train import TrainConfig, train
-from conftest import synthetic_mnist
+import mpi_train
 
 HERE = Path(__file__).parent
 
@@ -68,8 +67,7 @@ def test_exchange_weights_and_sums():
 def test_two_ranks_train_like_one_process(tmp_path):
     code, out, err = finish(launch(HERE / "mpi_train.py", tmp_path / "mpi", 20))
     assert code == 0, err
-    single = train(TrainConfig(epochs=1, batch_size=64, limit_train=20 * 64, eval_every=10, val_size=100, threads=1,
-                               out=str(tmp_path / "one"), quiet=True), data=synthetic_mnist(n_train=2000, n_test=200))
+    single = mpi_train.run(str(tmp_path / "one"), 20)
     a, b = (load_tensors(tmp_path / r / "model.safetensors")[0] for r in ("mpi", "one"))
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-5  # summation order differs, nothing else
     summary = json.loads((tmp_path / "mpi" / "summary.json").read_text())
