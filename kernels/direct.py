@@ -351,12 +351,12 @@ def six_channels(dyf, wc, dy_rows, stride, edge, valid, r, q, co, row_step, pos_
 
 
 @njit(inline="always")
-def gather_positions(dyf, wc, dy_rows, stride, edge, valid, r, start, stop, row_step, pos_step, col_step, dxf, out):
-    """Position by position, what six_channels does by blocks: for rows shorter than a block."""
+def gather_row(dyf, wc, dy_rows, stride, edge, valid, r, length, row_step, pos_step, col_step, dxf):
+    """Input row r, position by position: what six_channels does by blocks, for rows shorter than a block."""
     c, kh, kw, f = wc.shape
     plane = dxf.shape[0] // c
     for ch in range(c):
-        for q in range(start, stop):
+        for q in range(length):
             total = dxf.dtype.type(0)
             for a in range(kh):
                 i = r - a * row_step
@@ -366,7 +366,7 @@ def gather_positions(dyf, wc, dy_rows, stride, edge, valid, r, start, stop, row_
                         if 0 <= p < valid:
                             for fo in range(f):
                                 total += wc[ch, a, b, fo] * dyf[(i * f + fo) * stride + edge + p]
-            dxf[ch * plane + out + q - start] = total
+            dxf[ch * plane + r * length + q] = total
 
 
 @njit(parallel=True, cache=True)
@@ -403,8 +403,7 @@ def conv_input_grad(dy, w, row_step, pos_step, col_step, dx):
     width = 2 * lanes(dx)
     if length < width:
         for r in prange(rows):
-            gather_positions(dyf, wc, dy_rows, stride, edge, valid, r, 0, length, row_step, pos_step, col_step, dxf,
-                             r * length)
+            gather_row(dyf, wc, dy_rows, stride, edge, valid, r, length, row_step, pos_step, col_step, dxf)
         return
     per_run = blocks_per_run(rows, length, width)
     runs = run_count(length, width, per_run)
