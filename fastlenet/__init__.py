@@ -6,6 +6,13 @@
 
 __version__ = "0.1.0"
 
-from .env import set_threads  # noqa: E402
-
 __all__ = ["set_threads", "__version__"]
+
+
+def __getattr__(name):
+    """set_threads, imported on first use: `import fastlenet` (and the CLI's start) stays
+    free of Numba, so an early Ctrl-C or --help is instant."""
+    if name == "set_threads":
+        from .env import set_threads
+        return set_threads
+    raise AttributeError(f"module 'fastlenet' has no attribute {name!r}")

@@ -190,6 +190,9 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
                            "train_step_s": step_times["torch"], "ratio": step_times["fast"] / step_times["torch"],
                            "inference_images_per_s": batch_size / infer_times["torch"],
                            "inference_ratio": infer_times["fast"] / infer_times["torch"]}
+    else:
+        result["torch_skipped"] = "not compared (--no-torch)" if not with_torch else \
+            "not installed (pip install -e \".[compare]\" to compare)"
     result["env"] = environment()
     result["env"]["numba_threading_layer"] = numba.threading_layer()
     return result
@@ -221,7 +224,7 @@ def format_bench(r):
                      f"inference {tt['inference_images_per_s']:,.0f} images/s; fastlenet / PyTorch step time = "
                      f"{tt['ratio']:.2f}")
     else:
-        lines.append("PyTorch: not installed (pip install -e \".[compare]\" to compare)")
+        lines.append(f"PyTorch: {r['torch_skipped']}")
     worst = max(r["max_abs_diff"].items(), key=lambda kv: kv[1])
     lines.append(f"fast vs reference on this batch: max |difference| {worst[1]:.2e} ({worst[0]}); "
                  f"logits {r['max_abs_diff']['logits']:.2e}")

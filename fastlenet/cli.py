@@ -19,41 +19,18 @@ def add_data_dir(p):
 
 
 def build_parser():
-    from .train import TrainConfig
-    d = TrainConfig()
+    from .settings import add_flags
     parser = argparse.ArgumentParser(prog="fastlenet", description="LeNet-5 on MNIST in NumPy + Numba.")
     parser.add_argument("--version", action="version", version=f"fastlenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train LeNet-5 (defaults: the spec's settings)")
-    t.add_argument("--epochs", type=int, default=d.epochs)
-    t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument("--lr", type=float, default=d.lr)
-    t.add_argument("--optimizer", choices=["adam", "sgd"], default=d.optimizer)
-    t.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    t.add_argument("--seed", type=int, default=d.seed)
-    t.add_argument("--backend", choices=["fast", "reference"], default=d.backend)
-    t.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype)
-    t.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
-    t.add_argument("--blas-threads", type=int, default=d.blas_threads, help="BLAS threads (default 1: see README)")
-    t.add_argument("--deterministic", action="store_true",
-                   help="refuse settings whose results depend on thread scheduling (BLAS threads > 1)")
-    add_data_dir(t)
-    t.add_argument("--out", help="run directory (default runs/<timestamp>)")
-    t.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every N iterations")
-    t.add_argument("--limit-train", type=int, help="train on the first N training images only")
-    t.add_argument("--val-size", type=int, default=d.val_size)
-    t.add_argument("--normalize", action="store_true", help="standardise inputs with MNIST's mean/std")
-    t.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d.lr_schedule,
-                   help="constant (the spec), or cosine decay from --lr to 0 over the run")
-    t.add_argument("--shift", type=int, default=d.shift, metavar="PIXELS",
-                   help="augment: move each training image by up to PIXELS (0-4) each way (default 0, the spec)")
-    t.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
-    t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    add_flags(t)
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (flags given change its settings "
+                                                       "where a resume may: see --epochs, --threads ...)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out (once the new one can start)")
     t.add_argument("--compare-reference", action="store_true",
                    help="time 3 reference-backend steps on this run's first batches; record the speedup")
-    t.add_argument("--quiet", action="store_true", help="print only the summary")
 
     e = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
     e.add_argument("weights", metavar="RUN_DIR_OR_WEIGHTS")
@@ -103,20 +80,22 @@ def build_parser():
 
 
 def cmd_train(args):
-    from .train import TrainConfig, train
-    if args.deterministic and args.blas_threads != 1:
-        raise FastLeNetError("--deterministic needs --blas-threads 1: a multi-threaded BLAS may split its sums "
-                             "differently from run to run")
-    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    config = TrainConfig(**fields)
-    summary = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress_bar,
-                    compare_reference=args.compare_reference)
+    from .settings import TrainConfig, given
+    from .train import train
+    changes = given(args)
+    if args.resume:
+        summary = train(resume=args.resume, changes=changes, progress=progress_bar,
+                        compare_reference=args.compare_reference)
+    else:
+        summary = train(TrainConfig(**changes), overwrite=args.overwrite, progress=progress_bar,
+                        compare_reference=args.compare_reference)
     if summary is None:  # an MPI rank other than 0: rank 0 reports
         return
-    print(f"test accuracy {summary['test_accuracy']:.2%}  validation {summary['validation_accuracy']:.2%}  "
-          f"train {summary['train_accuracy']:.2%}  |  {summary['seconds_per_epoch']:.2f} s/epoch, "
-          f"{summary['train_images_per_s']:,.0f} images/s, compile {summary['numba_compile_s']:.2f} s  |  "
-          f"run: {config.out if not args.resume else args.resume}")
+    validation = summary["validation_accuracy"]
+    print(f"test accuracy {summary['test_accuracy']:.2%}  validation "
+          f"{'-' if validation is None else f'{validation:.2%}'}  train {summary['train_accuracy']:.2%}  |  "
+          f"{summary['seconds_per_epoch']:.2f} s/epoch, {summary['train_images_per_s']:,.0f} images/s, "
+          f"compile {summary['numba_compile_s']:.2f} s  |  run: {summary['run_dir']}")
     if "speedup_vs_reference" in summary:
         print(f"fast step {summary['fast_step_s'] * 1e3:.1f} ms (median) vs reference "
               f"{summary['reference_step_s'] * 1e3:.0f} ms: {summary['speedup_vs_reference']:.0f}x")
@@ -147,7 +126,7 @@ def cmd_predict(args):
     results = []
     for path in args.images:
         digit = mnist_style(load_grayscale(path))
-        probs = softmax(model.forward(preprocess(digit[None], model.dtype)))[0]
+        probs = softmax(model.forward(preprocess(digit[None], model.dtype, model.normalize)))[0]
         results.append({"image": path, "top": top_classes(probs)})
     if args.json:
         print(json.dumps(results))
@@ -165,7 +144,10 @@ def cmd_data(args):
         print(f"ok  {path}  {'x'.join(map(str, array.shape))}  sha256 verified")
 
 
-def positive(**values):
+def positive(threads=None, blas_threads=1, **values):
+    """The counts a command takes are >= 1; thread counts are checked as training's are."""
+    from .settings import TrainConfig
+    TrainConfig(threads=threads, blas_threads=blas_threads).check()
     for name, value in values.items():
         if value is not None and value < 1:
             raise FastLeNetError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -207,8 +189,8 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
     except FastLeNetError as e:
         return fail(f"fastlenet: error: {e}", getattr(e, "exit_code", 1))

@@ -11,12 +11,12 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_proba(model, images, chunk=256, normalize=False):
-    """uint8 images (N, 28, 28) -> class probabilities (N, 10), `chunk` images at a time
-    so memory stays bounded whatever N."""
+def predict_proba(model, images, chunk=256):
+    """uint8 images (N, 28, 28) -> class probabilities (N, 10), preprocessed as the
+    model's weights expect, `chunk` images at a time so memory stays bounded whatever N."""
     probs = np.empty((len(images), 10), np.float64)
     for start in range(0, len(images), chunk):
-        batch = preprocess(images[start:start + chunk], model.dtype, normalize)
+        batch = preprocess(images[start:start + chunk], model.dtype, model.normalize)
         probs[start:start + chunk] = softmax(model.forward(batch))
     return probs
 

@@ -14,10 +14,13 @@ class LeNet5:
     -> F5 400->120 -> ReLU -> F6 120->84 -> ReLU -> F7 84->10 (logits).
 
     Parameters are named "c1.weight", "c1.bias", ..., "f7.bias". The same
-    seed gives the same initial weights whichever the backend.
+    seed gives the same initial weights whichever the backend. `normalize`
+    is the input preprocessing the weights were trained with (data.preprocess):
+    it is saved and loaded with them.
     """
 
     architecture = "lenet5"
+    normalize = False
 
     def __init__(self, backend="fast", dtype=np.float32, seed=0):
         if backend not in BACKENDS:
@@ -78,3 +81,12 @@ class LeNet5:
                 raise TypeError(f"LeNet5.load_state_dict: '{name}' is {value.dtype}, the model is {p.value.dtype}")
         for name, p in self.named_params.items():
             p.value[...] = state[name]
+
+
+def forward_backward(model, loss, x, labels):
+    """One batch through the model and the loss and back: fills every parameter's
+    .grad. Returns (mean loss, logits). The one place this sequence is written."""
+    logits = model.forward(x)
+    value = loss.forward(logits, labels)
+    model.backward(loss.backward())
+    return value, logits

@@ -16,6 +16,11 @@ def flat(a):
 
 
 class Optimizer:
+    """`buffers` names the state_dict entries that are lists of arrays (one per
+    parameter); the other entries are scalars."""
+
+    buffers = ()
+
     def __init__(self, params):
         self.params = list(params)
         if not self.params:
@@ -44,6 +49,8 @@ class Optimizer:
 
 class SGD(Optimizer):
     """PyTorch's SGD: buf = momentum * buf + g; p -= lr * buf (plain SGD when momentum = 0)."""
+
+    buffers = ("momentum_buffers",)
 
     def __init__(self, params, lr, momentum=0.0):
         super().__init__(params)
@@ -79,6 +86,8 @@ class Adam(Optimizer):
         p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     """
 
+    buffers = ("exp_avg", "exp_avg_sq")
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(params)
         b1, b2 = betas
@@ -106,3 +115,12 @@ class Adam(Optimizer):
         self.exp_avg_sq = self._load_buffers("exp_avg_sq", state["exp_avg_sq"])
         self.lr, self.eps, self.steps = float(state["lr"]), float(state["eps"]), int(state["steps"])
         self.betas = tuple(float(b) for b in state["betas"])
+
+
+def make_optimizer(name, params, lr, momentum=0.0):
+    """"adam" or "sgd", as the training settings name them."""
+    if name == "adam":
+        return Adam(params, lr=lr)
+    if name == "sgd":
+        return SGD(params, lr=lr, momentum=momentum)
+    raise ValueError(f"optimizer must be adam or sgd, got {name!r}")

@@ -31,9 +31,11 @@ def atomic_write(path, data):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk: say which file
+            raise OSError(e.errno, f"cannot write ({e.strerror or e})", str(path)) from None
         raise
 
 
@@ -71,9 +73,14 @@ def load_tensors(path):
     return tensors, metadata
 
 
+def model_metadata(model):
+    """What a model needs besides its tensors: architecture, dtype and input preprocessing."""
+    return {"architecture": model.architecture, "dtype": model.dtype.name,
+            "normalize": "true" if model.normalize else "false"}
+
+
 def save_model(path, model, extra=None):
-    save_tensors(path, model.state_dict(),
-                 {"architecture": model.architecture, "dtype": model.dtype.name, **(extra or {})})
+    save_tensors(path, model.state_dict(), {**model_metadata(model), **(extra or {})})
 
 
 def load_model(path, backend="fast"):
@@ -85,7 +92,11 @@ def load_model(path, backend="fast"):
     dtype = metadata.get("dtype")
     if dtype not in ("float32", "float64"):
         raise WeightsError(f"{path}: unsupported dtype {dtype!r} (float32 or float64)")
+    normalize = metadata.get("normalize", "false")  # weights from before it was recorded: unnormalised
+    if normalize not in ("true", "false"):
+        raise WeightsError(f"{path}: 'normalize' must be true or false, got {normalize!r}")
     model = LeNet5(backend, dtype=dtype)
+    model.normalize = normalize == "true"
     try:
         model.load_state_dict(tensors)
     except (ValueError, TypeError) as e:

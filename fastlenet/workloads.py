@@ -1,11 +1,13 @@
 """The LeNet-5 workloads that benchmarks and profiles time: each layer at its
 place in the network, and a whole training step."""
 
+import time
+
 import numpy as np
 
 from .layers import aligned_empty_like
 from .losses import SoftmaxCrossEntropy
-from .models import LeNet5
+from .models import LeNet5, forward_backward
 from .optim import Adam
 
 # benchmark name -> the layer's name in LeNet5
@@ -36,8 +38,7 @@ def gradient_like(y, seed=1):
 
 def train_step(model, optimizer, loss, x, labels):
     """One step: forward, loss, backward, optimizer update. Returns the loss."""
-    value = loss.forward(model.forward(x), labels)
-    model.backward(loss.backward())
+    value, _ = forward_backward(model, loss, x, labels)
     optimizer.step()
     return value
 
@@ -52,3 +53,13 @@ def training_setup(backend, dtype=np.float32, seed=0, lr=1e-3):
     """LeNet5, Adam and the loss: what a benchmark step needs."""
     model = LeNet5(backend, dtype, seed)
     return model, Adam(model.params, lr=lr), SoftmaxCrossEntropy()
+
+
+def median_step_seconds(model, optimizer, loss, batches):
+    """Median wall time of train_step over (x, labels) batches."""
+    times = []
+    for x, labels in batches:
+        start = time.perf_counter()
+        train_step(model, optimizer, loss, x, labels)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))

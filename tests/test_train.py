@@ -135,9 +135,9 @@ def test_refuses_to_mix_runs(tmp_path):
 def test_bad_settings(tmp_path):
     with pytest.raises(ConfigError, match="--batch-size must be >= 1, got 0"):
         train(config(tmp_path, batch_size=0), data=DATA)
-    with pytest.raises(ConfigError, match="--optimizer must be adam or sgd"):
+    with pytest.raises(ConfigError, match="--optimizer must be one of adam, sgd, got 'rmsprop'"):
         train(config(tmp_path, optimizer="rmsprop"), data=DATA)
-    with pytest.raises(ConfigError, match="--shift must be between 0 and 4 pixels, got 5"):
+    with pytest.raises(ConfigError, match="--shift must be >= 0 and <= 4, got 5"):
         train(config(tmp_path, shift=5), data=DATA)
     with pytest.raises(ConfigError, match="--lr-schedule must be one of constant, cosine, got 'step'"):
         train(config(tmp_path, lr_schedule="step"), data=DATA)

@@ -1,0 +1,181 @@
+"""The training settings: defaults, the one place each is checked, the CLI flags
+generated from them, and their round trip through a run's config.json.
+
+Every setting is a field of TrainConfig whose metadata says its flag's help, its
+allowed values and whether a resumed run may change it. `check()` is the only
+validation a setting gets; it raises SettingsError with one message format:
+    --NAME must be ALLOWED, got VALUE
+"""
+
+import argparse
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import FastLeNetError
+from .schedules import LR_SCHEDULES
+
+
+class SettingsError(FastLeNetError, ValueError):
+    """Settings that cannot make a run."""
+
+
+def setting(default, help, *, minimum=None, above=None, maximum=None, below=None, choices=None, resumable=False,
+            metavar=None):
+    """A TrainConfig field: value >= minimum (or > above) and <= maximum (or < below).
+    `maximum` may be a callable: a limit of this machine."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "above": above, "maximum": maximum,
+                                            "below": below, "choices": choices, "resumable": resumable,
+                                            "metavar": metavar})
+
+
+def cores():
+    """Threads Numba may run here: the machine's cores, or NUMBA_NUM_THREADS."""
+    import numba  # here, not at the top: the CLI builds its flags without loading Numba
+    return numba.config.NUMBA_NUM_THREADS
+
+
+@dataclass
+class TrainConfig:
+    """The spec's settings are the defaults: Adam, lr 1e-3, batch 256, 10 epochs, 1000 validation images."""
+
+    epochs: int = setting(10, "passes over the training set", minimum=1, resumable=True)
+    batch_size: int = setting(256, "images per step", minimum=1)
+    lr: float = setting(1e-3, "learning rate (the peak, with a schedule)", above=0.0)
+    optimizer: str = setting("adam", "adam (the spec) or sgd", choices=("adam", "sgd"))
+    momentum: float = setting(0.0, "SGD momentum, in [0, 1)", minimum=0.0, below=1.0)
+    seed: int = setting(0, "seeds the weights, the split and the data order", minimum=0)
+    backend: str = setting("fast", "fast (Numba kernels) or reference (per-pixel loops)",
+                           choices=("fast", "reference"))
+    dtype: str = setting("float32", "float32 (training) or float64 (checks)", choices=("float32", "float64"))
+    threads: int | None = setting(None, "Numba threads (default: all cores)", minimum=1, maximum=cores,
+                                  resumable=True)
+    blas_threads: int = setting(1, "BLAS threads (default 1: see the README's Threads section)", minimum=1,
+                                maximum=cores, resumable=True)
+    deterministic: bool = setting(False, "refuse settings whose results depend on thread scheduling "
+                                         "(BLAS threads > 1)", resumable=True)
+    data_dir: str | None = setting(None, "folder with the MNIST IDX files (else $FASTLENET_DATA, else "
+                                         "~/.cache/fastlenet/mnist; downloaded there when missing)", resumable=True)
+    out: str | None = setting(None, "run directory (default runs/<timestamp>)")
+    eval_every: int = setting(100, "validate every N iterations", minimum=1)
+    limit_train: int | None = setting(None, "train on the first N training images only", minimum=1)
+    val_size: int = setting(1000, "validation images held out of the training set", minimum=0)
+    normalize: bool = setting(False, "standardise inputs with MNIST's mean/std (travels with the weights)")
+    lr_schedule: str = setting("constant", "constant (the spec), or cosine decay from --lr to 0 over the run",
+                               choices=LR_SCHEDULES)
+    shift: int = setting(0, "augment: move each training image by up to PIXELS (0-4) each way (default 0, "
+                            "the spec)", minimum=0, maximum=4, metavar="PIXELS")
+    checkpoint_every: int | None = setting(None, "also checkpoint every N iterations", minimum=1, resumable=True)
+    quiet: bool = setting(False, "print only the summary", resumable=True)
+
+    def check(self):
+        """Raises SettingsError naming the first setting that cannot be; returns self."""
+        for f in fields(self):
+            check_value(f, getattr(self, f.name))
+        if self.optimizer != "sgd" and self.momentum:
+            raise SettingsError(f"--momentum applies to --optimizer sgd only, got --momentum {self.momentum} "
+                                f"with --optimizer {self.optimizer}")
+        if self.deterministic and self.blas_threads != 1:
+            raise SettingsError(f"--deterministic needs --blas-threads 1, got {self.blas_threads}: a multi-threaded "
+                                f"BLAS may split its sums differently from run to run")
+        return self
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values, source="settings"):
+        """Settings from JSON/TOML values: an unknown key or a wrong type is a SettingsError naming it."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise SettingsError(f"{source}: unknown setting {', '.join(unknown)}; settings are: "
+                                f"{', '.join(known)}")
+        for name, value in values.items():
+            if not fits_type(known[name], value):
+                raise SettingsError(f"{source}: {name} must be {type_name(known[name])}, got {value!r}")
+        return cls(**{k: float(v) if type_name(known[k]) == "a number" and v is not None else v
+                      for k, v in values.items()})
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def check_value(f, value):
+    meta = f.metadata
+    if value is None and f.default is None:
+        return
+    if not fits_type(f, value):
+        raise SettingsError(f"{flag(f.name)} must be {type_name(f)}, got {value!r}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise SettingsError(f"{flag(f.name)} must be one of {', '.join(meta['choices'])}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(f"{flag(f.name)} must be a finite number, got {value}")
+    if meta["choices"] or kind_of(f) in (str, bool):
+        return
+    maximum = meta["maximum"]() if callable(meta["maximum"]) else meta["maximum"]
+    bounds = [(meta["minimum"], ">", lambda v, b: v >= b), (meta["above"], ">", lambda v, b: v > b),
+              (maximum, "<", lambda v, b: v <= b), (meta["below"], "<", lambda v, b: v < b)]
+    if not all(bound is None or holds(value, bound) for bound, _, holds in bounds):
+        allowed = " and ".join(f"{op}{'=' * (i % 2 == 0)} {b}" for i, (b, op, _) in enumerate(bounds)
+                               if b is not None)
+        where = " (the cores here, or NUMBA_NUM_THREADS)" if meta["maximum"] is cores else ""
+        raise SettingsError(f"{flag(f.name)} must be {allowed}{where}, got {value}")
+
+
+def kind_of(f):
+    """int, float, str or bool: the field's type without its None."""
+    return next(t for t in typing.get_args(f.type) or (f.type,) if t is not type(None))
+
+
+def fits_type(f, value):
+    if value is None:
+        return f.default is None
+    t = kind_of(f)
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, t) and (t is bool or not isinstance(value, bool))
+
+
+def type_name(f):
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind_of(f)]
+
+
+def add_flags(parser):
+    """One flag per setting, from the fields. Defaults are left out (SUPPRESS), so the
+    namespace holds exactly the flags given: resume tells a change from a default."""
+    for f in fields(TrainConfig):
+        meta, kind = f.metadata, kind_of(f)
+        default = "" if f.default is None else f" (default {f.default})"
+        if kind is bool:
+            parser.add_argument(flag(f.name), action="store_true", default=argparse.SUPPRESS, help=meta["help"])
+        else:
+            parser.add_argument(flag(f.name), type=kind, choices=meta["choices"], default=argparse.SUPPRESS,
+                                metavar=meta["metavar"], help=meta["help"] + ("" if "default" in meta["help"]
+                                                                               else default))
+
+
+def given(args):
+    """The settings given as flags in an argparse namespace built by add_flags."""
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def resumed(stored, changes, source):
+    """The settings of a resumed run: `stored` (its config.json) with `changes` applied.
+    Only resumable settings may change; extending --epochs also needs a schedule that
+    does not depend on the run's length."""
+    config = TrainConfig.from_dict(stored, source)
+    meta = {f.name: f.metadata for f in fields(TrainConfig)}
+    refused = sorted(flag(k) for k, v in changes.items() if not meta[k]["resumable"] and v != stored.get(k))
+    if refused:
+        allowed = ", ".join(flag(k) for k, m in meta.items() if m["resumable"])
+        raise SettingsError(f"--resume continues a run with its own settings; it cannot change "
+                            f"{', '.join(refused)} (a resume may change only {allowed})")
+    if changes.get("epochs", config.epochs) != config.epochs and config.lr_schedule != "constant":
+        raise SettingsError(f"--epochs cannot change on resume with --lr-schedule {config.lr_schedule}: "
+                            f"its rates depend on the run's length")
+    for name, value in changes.items():
+        setattr(config, name, value)
+    return config.check()
