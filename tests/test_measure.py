@@ -63,9 +63,13 @@ def test_profile_table_trace_and_cprofile(tmp_path):
 
 
 def test_profiling_leaves_unprofiled_models_alone():
+    from fastlenet.profiler import Recorder
     from fastlenet.workloads import training_setup
-    model, _, _ = training_setup("fast")
-    assert "forward" not in vars(model.layers[0])  # class methods, no wrappers
+    profiled, other = training_setup("fast"), training_setup("fast")
+    Recorder().instrument(*profiled)
+    assert "forward" in vars(profiled[0].layers[0])  # the profiled one is wrapped ...
+    assert all("forward" not in vars(layer) and "backward" not in vars(layer) for layer in other[0].layers)
+    assert "step" not in vars(other[1]) and "forward" not in vars(other[2])  # ... the other one is not
 
 
 def test_bad_measure_flags(capsys):

@@ -1,0 +1,266 @@
+"""Settings: every bad one is a one-line error before data or files; resume's rules;
+the model's preprocessing travelling with its weights; the warm-up's coverage."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from fastlenet.cli import main
+from fastlenet.evaluation import predict_proba, report
+from fastlenet.settings import SettingsError, TrainConfig
+from fastlenet.storage import load_model, load_tensors
+from fastlenet.train import StopFlag, Trainer, TrainingStopped, evaluation_sizes, load_data, train, warm_up
+from fastlenet.distributed import SingleProcess
+from fastlenet.rundir import MetricsFile, RunDir
+from conftest import synthetic_mnist
+
+DATA = synthetic_mnist()
+
+BAD = [
+    (["--optimizer", "sgd", "--momentum", "1.5"], "--momentum must be >= 0.0 and < 1.0, got 1.5"),
+    (["--momentum", "5"], "--momentum must be >= 0.0 and < 1.0, got 5"),
+    (["--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
+    (["--threads", "0"], "--threads must be >= 1 and <= "),
+    (["--threads", "64"], "--threads must be >= 1 and <= "),
+    (["--blas-threads", "0"], "--blas-threads must be >= 1 and <= "),
+    (["--blas-threads", "-1"], "--blas-threads must be >= 1 and <= "),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--lr", "0"], "--lr must be > 0.0, got 0.0"),
+    (["--lr=-1e-3"], "--lr must be > 0.0, got -0.001"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--eval-every", "0"], "--eval-every must be >= 1, got 0"),
+    (["--limit-train", "0"], "--limit-train must be >= 1, got 0"),
+    (["--val-size", "-1"], "--val-size must be >= 0, got -1"),
+    (["--shift", "5"], "--shift must be >= 0 and <= 4, got 5"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
+    (["--deterministic", "--blas-threads", "2"], "--deterministic needs --blas-threads 1, got 2"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD, ids=[" ".join(f) for f, _ in BAD])
+def test_every_bad_setting_is_one_line_before_data_or_files(tmp_path, capsys, flags, message):
+    # a --data-dir with nothing in it and no mirror: loading data first would fail differently
+    code = main(["train", *flags, "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "none")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("fastlenet: error: "), err
+    assert message in err[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "none").exists()
+
+
+def test_val_size_larger_than_the_training_set_is_a_setting_error(tmp_path):
+    with pytest.raises(SettingsError, match="--val-size must be 0 <= VAL_SIZE < 600"):
+        train(TrainConfig(val_size=600, out=str(tmp_path / "run"), quiet=True), data=DATA)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_values_of_the_wrong_type_name_the_key():
+    with pytest.raises(SettingsError, match="x.json: epochs must be an integer, got '3'"):
+        TrainConfig.from_dict({"epochs": "3"}, "x.json")
+    with pytest.raises(SettingsError, match="x.json: unknown setting lr_max"):
+        TrainConfig.from_dict({"lr_max": 1.0}, "x.json")
+    assert TrainConfig.from_dict({"lr": 1}).lr == 1.0 and isinstance(TrainConfig.from_dict({"lr": 1}).lr, float)
+
+
+def small(tmp_path, name="run", **overrides):
+    settings = dict(epochs=1, batch_size=64, eval_every=4, val_size=100, out=str(tmp_path / name), quiet=True)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_no_validation_set_runs_to_the_end(tmp_path, capsys):
+    summary = train(small(tmp_path, val_size=0), data=DATA)
+    assert summary["validation_accuracy"] is None and summary["test_accuracy"] > 0.5
+
+
+def test_normalize_travels_with_the_weights(tmp_path):
+    summary = train(small(tmp_path, normalize=True), data=DATA)
+    model = load_model(tmp_path / "run" / "model.safetensors")
+    assert model.normalize is True
+    assert report(predict_proba(model, DATA.test_images), DATA.test_labels)["accuracy"] == summary["test_accuracy"]
+    raw = predict_proba(model, DATA.test_images)
+    model.normalize = False  # the same weights fed unnormalised inputs see other numbers
+    assert not np.allclose(predict_proba(model, DATA.test_images), raw)
+    assert load_tensors(tmp_path / "run" / "checkpoint.safetensors")[1]["normalize"] == "true"
+
+
+def test_resume_applies_what_it_may_and_refuses_the_rest(tmp_path):
+    train(small(tmp_path, checkpoint_every=2), data=DATA)
+    run = tmp_path / "run"
+    (run / "summary.json").unlink()  # pretend it stopped after its first epoch
+    with pytest.raises(SettingsError, match=r"cannot change --batch-size, --lr, --optimizer \(a resume may change "
+                                            r"only --epochs"):
+        train(resume=run, data=DATA, changes={"lr": 0.5, "batch_size": 32, "optimizer": "sgd", "epochs": 2})
+    summary = train(resume=run, data=DATA, changes={"epochs": 2, "threads": 1, "quiet": True})
+    assert summary["epochs"] == 2 and summary["iterations"] == 16
+    assert summary["threads"]["numba"] == 1
+    whole = train(small(tmp_path, "whole", epochs=2, checkpoint_every=2), data=DATA)
+    assert summary["final_loss"] == whole["final_loss"]  # extending a constant-rate run is the longer run
+
+
+def test_resume_cannot_stretch_a_schedule_that_depends_on_the_length(tmp_path):
+    train(small(tmp_path, lr_schedule="cosine"), data=DATA)
+    (tmp_path / "run" / "summary.json").unlink()
+    with pytest.raises(SettingsError, match="--epochs cannot change on resume with --lr-schedule cosine"):
+        train(resume=tmp_path / "run", data=DATA, changes={"epochs": 3})
+
+
+def test_resume_from_the_cli_names_the_refused_flags(tmp_path, capsys):
+    train(small(tmp_path), data=DATA)
+    (tmp_path / "run" / "summary.json").unlink()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--lr", "0.5", "--epochs", "5"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot change --lr" in err[0]
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_non_finite_loss_says_whether_a_checkpoint_exists(tmp_path, capsys):
+    with pytest.raises(TrainingStopped, match="no checkpoint was written yet, so there is nothing to resume"):
+        train(small(tmp_path, optimizer="sgd", lr=1e12), data=DATA)
+    with pytest.raises(TrainingStopped, match=r"the checkpoint of iteration 8 is kept in .*run2"):
+        _diverge_after_first_epoch(tmp_path / "run2")
+
+
+def _diverge_after_first_epoch(out):
+    """One sane epoch (its checkpoint at iteration 8), then a rate that overflows."""
+    train(TrainConfig(epochs=1, batch_size=64, val_size=100, optimizer="sgd", lr=1e-3, out=str(out), quiet=True),
+          data=DATA)
+    (out / "summary.json").unlink()
+    config = json.loads((out / "config.json").read_text())
+    config["config"].update(lr=1e12, epochs=2)
+    (out / "config.json").write_text(json.dumps(config))
+    train(resume=out, data=DATA, changes={})
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_non_finite_loss_exits_non_zero_with_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("fastlenet.train.load_mnist", lambda *a, **k: DATA)
+    code = main(["train", "--optimizer", "sgd", "--lr", "1e12", "--batch-size", "64", "--val-size", "100",
+                 "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and re.search(r"^fastlenet: error: loss is (nan|inf) at iteration \d+ ", err[0])
+
+
+def test_deterministic_is_recorded_and_checked(tmp_path):
+    train(small(tmp_path, deterministic=True), data=DATA)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["deterministic"] is True
+    with pytest.raises(SettingsError, match="--deterministic needs --blas-threads 1"):
+        train(small(tmp_path, "b", deterministic=True, blas_threads=2), data=DATA)
+
+
+def compiled_signatures():
+    """How many (kernel, argument types) Numba holds compiled in this process."""
+    return sum(len(obj.signatures) for name, module in list(sys.modules.items()) if name.startswith("fastlenet")
+               for obj in vars(module).values() if isinstance(obj, numba.core.registry.CPUDispatcher))
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="counts compiled kernels")
+@pytest.mark.parametrize("batch_size, shift", [(64, 0), (50, 2), (20, 0)])
+def test_after_the_warm_up_training_compiles_nothing(tmp_path, batch_size, shift):
+    """The warm-up covers every kernel a run calls: its steps (the optimizer included, at
+    the batch size and at the last, smaller one) and its evaluations."""
+    config = small(tmp_path, batch_size=batch_size, shift=shift, optimizer="sgd", momentum=0.5, lr=0.01)
+    data, train_idx, val_idx = load_data(config, DATA, None)
+    run = RunDir.create(config.out)
+    trainer = Trainer(config, run, data, train_idx, val_idx, {}, SingleProcess())
+    warm_up(trainer, evaluation_sizes(trainer))
+    before = compiled_signatures()
+    with run.open_metrics() as metrics, StopFlag() as stop:
+        trainer.run(metrics, stop)
+    predict_proba(trainer.model, data.test_images)
+    assert compiled_signatures() == before
+    run.release()
+
+
+def test_a_run_directory_is_held_by_one_process(tmp_path):
+    holder = RunDir.create(str(tmp_path / "run"))
+    with pytest.raises(SettingsError, match=rf"in use by another fastlenet process \(PID {os.getpid()}\)"):
+        train(small(tmp_path), data=DATA)
+    with pytest.raises(SettingsError, match="in use by another fastlenet process"):
+        train(small(tmp_path), data=DATA, overwrite=True)
+    holder.release()
+    train(small(tmp_path), data=DATA, overwrite=True)  # released: free again
+
+
+def test_default_run_names_do_not_collide(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b = RunDir.create(None), RunDir.create(None)
+    assert a.path != b.path and a.path.parent == b.path.parent == tmp_path.joinpath("runs").relative_to(tmp_path)
+    a.release(), b.release()
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_can_start(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTLENET_DATA", raising=False)  # no data anywhere, and no mirror to get it from
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTLENET_MIRRORS", "http://127.0.0.1:9/")
+    train(small(tmp_path), data=DATA)
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for config in (small(tmp_path, epochs=0), small(tmp_path, val_size=10**6)):
+        with pytest.raises(SettingsError):
+            train(config, data=DATA, overwrite=True)
+    with pytest.raises(Exception, match="MNIST"):
+        train(small(tmp_path, data_dir=str(tmp_path / "nothing")), overwrite=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    (run / "loss.png").write_bytes(b"an old figure")
+    train(small(tmp_path, epochs=1, seed=3), data=DATA, overwrite=True)
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((run / "config.json").read_text())["config"]["seed"] == 3
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "thesis.tex").write_text("mine")
+    with pytest.raises(SettingsError, match="--overwrite replaces only a run, and this folder also holds thesis.tex"):
+        train(small(tmp_path), data=DATA, overwrite=True)
+    assert (tmp_path / "run" / "thesis.tex").read_text() == "mine"
+
+
+def test_records_past_the_checkpoint_and_a_torn_line_are_dropped_on_resume(tmp_path):
+    whole = train(small(tmp_path, "whole", epochs=2), data=DATA)
+    train(small(tmp_path), data=DATA)  # one epoch: its checkpoint is at iteration 8
+    run = tmp_path / "run"
+    (run / "summary.json").unlink()
+    with open(run / "metrics.jsonl", "a") as f:  # a crash (or a full disk) after the checkpoint, mid-line
+        f.write(json.dumps({"type": "iter", "iteration": 9, "epoch": 2, "loss": 1.0}) + '\n{"type": "iter", "itera')
+    resumed = train(resume=run, data=DATA, changes={"epochs": 2})
+    assert resumed["final_loss"] == whole["final_loss"]
+
+    def records(name):
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k and k != "time_s"}
+                for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    assert records("run") == records("whole")
+
+
+def test_a_torn_line_inside_metrics_is_an_error(tmp_path):
+    from fastlenet.rundir import read_metrics
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"iteration": 1}\n{"itera\n{"iteration": 2}\n')
+    with pytest.raises(SettingsError, match="line 2 is not a JSON record"):
+        read_metrics(path)
+
+
+def test_a_full_disk_names_the_file():
+    with pytest.raises(OSError) as caught:
+        MetricsFile(Path("/dev/full"))({"type": "iter"})
+    assert caught.value.filename == "/dev/full" and "No space left" in str(caught.value)
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "fastlenet", "train", "--epochs", "1"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and proc.returncode == 130, err
+    assert err.strip().splitlines() == ["fastlenet: interrupted"]
