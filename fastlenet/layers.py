@@ -5,13 +5,13 @@ Same classes, signatures and results as `fastlenet.reference`; swap the import
 and a model trains unchanged, only faster.
 """
 
-import math
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import core
 from .core import ConvSpec, Layer, LinearSpec, PoolSpec
+from .layout import (BATCH_INNERMOST, aligned_empty, aligned_empty_like, batch_innermost, flat,  # noqa: F401
+                     interleaved_steps, memory_order, order, planes_steps, same_order)
 from .kernels import (col2im, conv_forward, conv_input_grad, conv_weight_grad, gather_windows, gradient_to_planes,
                       interleave, maxpool2x2_backward_interleaved, maxpool2x2_forward, maxpool2x2_forward_interleaved,
                       maxpool_backward, maxpool_forward, relu_backward, relu_forward)
@@ -21,36 +21,6 @@ __all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten"]
 
 def _pad(x, ph, pw):
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-
-
-CACHE_LINE = 64  # bytes
-ALIGN_FROM = 1 << 18  # bytes; below it the ~4 us an aligned allocation costs outweighs what it saves
-
-
-def aligned_empty(shape, dtype):
-    """np.empty starting on a cache line. malloc's blocks start 16 bytes into
-    one, so half of the kernels' 32-byte AVX2 loads would straddle two lines:
-    C3's three kernels measured 15-20 % slower with every array so placed."""
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    if nbytes < ALIGN_FROM:
-        return np.empty(shape, dtype)
-    raw = np.empty(nbytes + CACHE_LINE, np.uint8)
-    start = -raw.__array_interface__["data"][0] % CACHE_LINE
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
-def aligned_empty_like(a, dtype=None):
-    """aligned_empty in a's memory order, as np.empty_like's order "K"."""
-    if a.flags.c_contiguous:
-        return aligned_empty(a.shape, dtype or a.dtype)
-    order = memory_order(a)
-    dense = aligned_empty([a.shape[axis] for axis in order], dtype or a.dtype)
-    return dense.transpose(sorted(range(a.ndim), key=order.__getitem__))  # back to a's axis order
-
-
-def memory_order(a):
-    """a's axes from outermost to innermost in memory."""
-    return sorted(range(a.ndim), key=lambda axis: -a.strides[axis])
 
 
 def im2col(x_pad, kernel, stride, out_hw, out=None):
@@ -91,7 +61,7 @@ class RowLayout:
     def __init__(self, n, hp, wp):
         self.n, self.hp, self.wp = n, hp, wp
         self.interleaved = n * wp >= self.ROWS_FROM
-        self.steps = (1, 0, n) if self.interleaved else (0, wp, 1)
+        self.steps = interleaved_steps(n) if self.interleaved else planes_steps(wp)
 
     def pack(self, x, padding):
         """(N, C, H, W) -> (C, R, L) padded; one copy at most, none when x already
@@ -205,27 +175,6 @@ class Conv2D(ConvSpec):
         return dx_pad[:, :, ph:hp - ph, pw:wp - pw]
 
 
-def batch_innermost(x):
-    """True when images are x's innermost axis in memory: the interleaved layout
-    a large-batch convolution returns, which the pool and ReLU keep."""
-    return x.shape[0] > 1 and x.strides[0] == x.itemsize
-
-
-def flat(a):
-    """a as one 1-D view in memory order, whatever its axis order, or None
-    when a is not one dense block."""
-    if a.flags.c_contiguous:
-        return a.reshape(-1)
-    dense = a.transpose(memory_order(a))
-    return dense.reshape(-1) if dense.flags.c_contiguous else None
-
-
-def same_order(a, b):
-    """a and b hold their elements in the same memory order (strides alike,
-    counted in elements; axes of length 1 do not matter)."""
-    return all(sa * b.itemsize == sb * a.itemsize for sa, sb, size in zip(a.strides, b.strides, a.shape) if size > 1)
-
-
 class MaxPool2D(PoolSpec):
     """Numba kernels: any window and stride, and LeNet's 2x2 windows at stride 2
     specialised, also for a batch-innermost input (a large batch's convolution
@@ -236,7 +185,7 @@ class MaxPool2D(PoolSpec):
         n, c, oh, ow = self._start_forward(x)
         self._x_shape = x.shape
         two_by_two = self.kernel_size == self.stride == (2, 2)
-        self._interleaved = two_by_two and batch_innermost(x)
+        self._interleaved = two_by_two and order(x) == BATCH_INNERMOST
         if self._interleaved:
             y, self._argmax = aligned_empty((c, oh, ow, n), x.dtype), aligned_empty((c, oh, ow, n), np.int32)
             maxpool2x2_forward_interleaved(x.transpose(1, 2, 3, 0), y, self._argmax)
@@ -321,13 +270,13 @@ class Linear(LinearSpec):
     def forward(self, x):
         self._start_forward(x)
         self._x = x
-        if not batch_innermost(x):
+        if order(x) != BATCH_INNERMOST:
             y = x @ self.weight.value.T
             y += self.bias.value
             return y
         n = x.shape[0]
         y_rows = aligned_empty((self.out_features, n), x.dtype)
-        conv_forward(x.T.reshape(self.in_features, 1, n), self._as_1x1(), self.bias.value, 1, 0, n,
+        conv_forward(x.T.reshape(self.in_features, 1, n), self._as_1x1(), self.bias.value, *interleaved_steps(n),
                      y_rows.reshape(self.out_features, 1, n))
         return y_rows.T  # (OUT, N) -> (N, OUT) view
 
@@ -337,12 +286,12 @@ class Linear(LinearSpec):
         dy.sum(axis=0, out=self.bias.grad)
         if not self.input_grad:
             return None
-        if not batch_innermost(self._x):
+        if order(self._x) != BATCH_INNERMOST:
             return dy @ self.weight.value
         n = dy.shape[0]
         dy_rows = np.ascontiguousarray(dy.T)  # (N, OUT) -> (OUT, N): free when dy lies batch-innermost
         dx_rows = aligned_empty((self.in_features, n), dy.dtype)
-        conv_input_grad(dy_rows.reshape(self.out_features, 1, n), self._as_1x1(), 1, 0, n,
+        conv_input_grad(dy_rows.reshape(self.out_features, 1, n), self._as_1x1(), *interleaved_steps(n),
                         dx_rows.reshape(self.in_features, 1, n))
         return dx_rows.T  # (IN, N) -> (N, IN) view: Flatten hands it on without a copy
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fastlenet import layers as fast
+from fastlenet import layout
 from fastlenet import reference as ref
 from helpers import check_layer_gradients, distinct_values, rel_error
 
@@ -192,12 +193,12 @@ def test_flat_views_memory_in_order():
 
 def test_aligned_empty_starts_large_arrays_on_a_cache_line():
     for _ in range(20):  # malloc's placement varies; every one must come out aligned
-        a = fast.aligned_empty((6, 14, 3584), np.float32)
+        a = layout.aligned_empty((6, 14, 3584), np.float32)
         assert a.shape == (6, 14, 3584) and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
-        assert a.ctypes.data % fast.CACHE_LINE == 0
-    small = fast.aligned_empty((3, 5), np.int32)  # below ALIGN_FROM: plain np.empty
+        assert a.ctypes.data % layout.CACHE_LINE == 0
+    small = layout.aligned_empty((3, 5), np.int32)  # below ALIGN_FROM: plain np.empty
     assert small.shape == (3, 5) and small.dtype == np.int32
-    assert fast.aligned_empty((0, 4), np.float64).shape == (0, 4)
+    assert layout.aligned_empty((0, 4), np.float64).shape == (0, 4)
 
 
 @pytest.mark.parametrize("transpose", [(0, 1, 2, 3), (3, 0, 1, 2), (0, 2, 1, 3)])
@@ -205,10 +206,10 @@ def test_aligned_empty_like_keeps_memory_order(transpose):
     base = np.zeros((4, 16, 64, 64), np.float32)  # 1 MB, 256 kB as bools: both aligned
     a = base.transpose(transpose)
     for dtype in (None, np.bool_):
-        like = fast.aligned_empty_like(a, dtype)
+        like = layout.aligned_empty_like(a, dtype)
         assert like.shape == a.shape and like.dtype == (dtype or a.dtype)
         assert fast.same_order(like, a) and fast.flat(like) is not None
-        assert like.ctypes.data % fast.CACHE_LINE == 0
+        assert like.ctypes.data % layout.CACHE_LINE == 0
 
 
 def test_lenet_buffers_start_on_cache_lines():
@@ -226,7 +227,7 @@ def test_lenet_buffers_start_on_cache_lines():
     s2, s4 = model.layers[1], model.layers[4]
     dy1, dy3 = s2.backward(np.ones_like(outputs[1])), s4.backward(np.ones_like(outputs[4]))
     for a in (model.c1._x_rows, model.c3._x_rows, c1_out, c3_out, dy1, dy3):
-        assert a.ctypes.data % fast.CACHE_LINE == 0
+        assert a.ctypes.data % layout.CACHE_LINE == 0
 
 
 def test_pool_tie_goes_to_first_maximum():
@@ -375,3 +376,12 @@ class TestBadInput:
             backend.Conv2D(1, 1, 3, padding=-1)
         with pytest.raises(TypeError, match="float32 or float64"):
             backend.Linear(2, 2, dtype=np.int32)
+
+
+def test_layouts_are_named_by_order():
+    x = np.zeros((4, 3, 5, 5), np.float32)
+    assert layout.order(x) == layout.IMAGE_MAJOR
+    assert layout.order(batch_innermost_copy(x)) == layout.BATCH_INNERMOST
+    assert layout.order(batch_innermost_copy(x).reshape(4, -1)) == layout.BATCH_INNERMOST  # Flatten's view keeps it
+    assert layout.order(x[:, :, ::2]) == layout.STRIDED
+    assert layout.order(x[:1]) == layout.IMAGE_MAJOR  # one image: nothing to interleave
