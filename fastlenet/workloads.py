@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from .layers import aligned_empty_like
+from .layout import aligned_empty_like
 from .losses import SoftmaxCrossEntropy
 from .models import LeNet5, forward_backward
 from .optim import Adam

@@ -1,10 +1,12 @@
 """Adam's update in one pass over a parameter (NumPy needs nine, each a full read and write)."""
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from .jit import kernel
 
 
-@njit(parallel=True, cache=True)
+@kernel(parallel=True)
 def adam_update(value, grad, exp_avg, exp_avg_sq, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
                 sqrt_bias2, eps):
     """In place, over 1-D views of one parameter and its moments:

@@ -1,9 +1,11 @@
 """col2im: scatter-add window gradients back onto the input image."""
 
-from numba import njit, prange
+from numba import prange
+
+from .jit import kernel
 
 
-@njit(parallel=True, cache=True)
+@kernel(parallel=True)
 def col2im(cols, stride_h, stride_w, out):
     """Sums every window's gradient into the (padded) input gradient.
 

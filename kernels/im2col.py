@@ -1,9 +1,11 @@
 """im2col's one deliberate copy: strided window view -> contiguous columns."""
 
-from numba import njit, prange
+from numba import prange
+
+from .jit import kernel
 
 
-@njit(parallel=True, cache=True)
+@kernel(parallel=True)
 def gather_windows(windows, out):
     """out[...] = windows, one image per task.
 

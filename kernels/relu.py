@@ -1,9 +1,9 @@
 """ReLU in one pass each way over flat contiguous arrays (NumPy needs two forward)."""
 
-from numba import njit
+from .jit import kernel
 
 
-@njit(cache=True)
+@kernel()
 def relu_forward(x, out, mask):
     """out = max(x, 0), mask = x > 0. NaN stays NaN, as with np.maximum, so a
     diverging run still shows a non-finite loss."""
@@ -15,7 +15,7 @@ def relu_forward(x, out, mask):
         out[i] = v if positive or v != v else zero
 
 
-@njit(cache=True)
+@kernel()
 def relu_backward(dy, mask, dx):
     """dx = dy * mask (a multiply, not a select: NaN * 0 is NaN, as in NumPy)."""
     for i in range(dy.shape[0]):

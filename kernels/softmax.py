@@ -2,10 +2,11 @@
 array operations, each a call with its own overhead on a (256, 10) batch)."""
 
 import numpy as np
-from numba import njit
+
+from .jit import kernel
 
 
-@njit(cache=True)
+@kernel()
 def softmax_cross_entropy(logits, labels, probs):
     """probs[i] = softmax(logits[i]); returns sum over i of -log probs[i, labels[i]]
     (float64). log-sum-exp around each row's maximum: exp never overflows and

@@ -4,7 +4,7 @@ fast against reference on random shapes, dtypes, and the errors bad input gets."
 import numpy as np
 import pytest
 
-from fastlenet import layers as fast
+from fastlenet import fast
 from fastlenet import layout
 from fastlenet import reference as ref
 from helpers import check_layer_gradients, distinct_values, rel_error

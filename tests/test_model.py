@@ -9,7 +9,8 @@ from fastlenet.losses import SoftmaxCrossEntropy
 from fastlenet.models import LeNet5
 from fastlenet.optim import SGD, Adam
 from fastlenet.core import Parameter
-from fastlenet.layers import RowLayout, batch_innermost
+from fastlenet.fast import RowLayout
+from fastlenet.layout import batch_innermost
 from helpers import numerical_grad, rel_error
 
 
@@ -226,3 +227,12 @@ def test_large_batches_flow_batch_innermost_without_copies():
         outputs.append(h)
     assert all(batch_innermost(a) for a in outputs)
     assert np.shares_memory(model.c3._x_rows, outputs[2])
+
+
+def test_old_import_paths_still_work():
+    import fastlenet.fast
+    import fastlenet.layers
+    from fastlenet.settings import SettingsError, TrainConfig
+    from fastlenet.train import ConfigError, TrainConfig as OldTrainConfig, learning_rate  # noqa: F401
+    assert fastlenet.layers is fastlenet.fast and fastlenet.layers.Conv2D is fastlenet.fast.Conv2D
+    assert ConfigError is SettingsError and OldTrainConfig is TrainConfig

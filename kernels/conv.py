@@ -39,6 +39,7 @@ whatever the thread count.
 import numpy as np
 from numba import njit, prange
 
+from .jit import kernel
 from .simd import fma, lanes, load, splat, store
 
 SEGMENT = 4096  # positions per task; measured on LeNet's shapes at batch 256
@@ -123,23 +124,6 @@ def tap(t, kh, kw, row_step, pos_step, col_step):
     return c, a * row_step, a * pos_step + b * col_step
 
 
-@njit(parallel=True, cache=True)
-def gradient_to_planes(dy, hp, wp, planes):
-    """Lays dy (N, F, OH, OW) out as the forward's output in the planes layout,
-    planes: (F, 1, N*HP*WP): output (n, i, j) at position (n*HP + i)*WP + j, zeros
-    everywhere else. One (filter, image) per task, reading dy in order."""
-    n, f, oh, ow = dy.shape
-    for task in prange(f * n):
-        fo, img = task // n, task % n
-        image = planes[fo, 0, img * hp * wp:(img + 1) * hp * wp]
-        image[oh * wp:] = 0
-        for i in range(oh):
-            g, out = dy[img, fo, i], image[i * wp:(i + 1) * wp]  # sliced from 0: vectorises
-            for j in range(ow):
-                out[j] = g[j]
-            out[ow:] = 0
-
-
 @njit(inline="always")
 def blocks_per_run(rows, n, width):
     """RUN blocks of `width` per task, fewer when that would leave fewer than
@@ -216,7 +200,7 @@ def six_filters(xf, wt, bias, offset, base, fo, f, out, q):
               sums)
 
 
-@njit(parallel=True, cache=True)
+@kernel(parallel=True)
 def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
     """x: (C, R, L) input rows; w: (F, C, KH, KW); bias: (F,)
     out: (F, R', L') with L' >= L - reach, overwritten up to the last window
@@ -257,7 +241,7 @@ def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
                 six_filters(xf, wt, bias, offset, i * length + q, fo, f, yf, i * out.shape[2] + q)
 
 
-@njit(parallel=True, cache=True, fastmath=REDUCE)
+@kernel(parallel=True, fastmath=REDUCE)
 def conv_weight_grad(x, dy, row_step, pos_step, col_step, dw, bias_grad):
     """dw[f, c, a, b] = sum over output rows i and positions p of
     dy[f, i, p] * x[c, i + a*row_step, p + a*pos_step + b*col_step],
@@ -369,7 +353,7 @@ def gather_row(dyf, wc, dy_rows, stride, edge, valid, r, length, row_step, pos_s
             dxf[ch * plane + r * length + q] = total
 
 
-@njit(parallel=True, cache=True)
+@kernel(parallel=True)
 def conv_input_grad(dy, w, row_step, pos_step, col_step, dx):
     """dx[c, i + a*row_step, p + a*pos_step + b*col_step] += w[f, c, a, b] * dy[f, i, p]: the
     transposed convolution.
@@ -415,19 +399,3 @@ def conv_input_grad(dy, w, row_step, pos_step, col_step, dx):
             for co in range(0, c, 6):
                 six_channels(dyf, wc, dy_rows, stride, edge, valid, r, q, co, row_step, pos_step, col_step, dxf,
                              r * length + q)
-
-
-@njit(parallel=True, cache=True)
-def interleave(x, out):
-    """out[c, h, w, n] = x[n, c, h, w]: a batch (N, C, H, W) in the interleaved
-    layout. One (channel, row) per task, whose (W, N) block of out stays in
-    cache while image after image fills a column of it: reads run along x's
-    rows, and NumPy's own transposing copy is ~5x slower on C1's input."""
-    n, c, h, w = x.shape
-    for task in prange(c * h):
-        ch, r = task // h, task % h
-        block = out[ch, r]
-        for img in range(n):
-            row = x[img, ch, r]
-            for j in range(w):
-                block[j, img] = row[j]

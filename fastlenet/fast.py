@@ -1,0 +1,299 @@
+"""Fast layers: im2col on strided views + GEMM, Numba kernels for the scatters
+and for the convolutions a GEMM serves badly.
+
+Same classes, signatures and results as `fastlenet.reference`; swap the import
+and a model trains unchanged, only faster.
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from . import core
+from .core import ConvSpec, Layer, LinearSpec, PoolSpec
+from .layout import (BATCH_INNERMOST, aligned_empty, aligned_empty_like, batch_innermost, flat,  # noqa: F401
+                     interleaved_steps, memory_order, order, planes_steps, same_order)
+from .kernels import (col2im, conv_forward, conv_input_grad, conv_weight_grad, gather_windows, gradient_to_planes,
+                      interleave, maxpool2x2_backward_interleaved, maxpool2x2_forward, maxpool2x2_forward_interleaved,
+                      maxpool_backward, maxpool_forward, relu_backward, relu_forward)
+
+__all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten"]
+
+
+def _pad(x, ph, pw):
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+
+
+def im2col(x_pad, kernel, stride, out_hw, out=None):
+    """Every window as a row: (N, C, HP, WP) -> (N*OH*OW, C*KH*KW), one copy.
+
+    The strided view (N, OH, OW, C, KH, KW) costs nothing; a Numba kernel
+    copies it into the contiguous matrix the GEMM wants (into `out` when its
+    shape and dtype fit, so a layer reuses one buffer from step to step).
+    """
+    n, c = x_pad.shape[:2]
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    s_n, s_c, s_h, s_w = x_pad.strides
+    windows = as_strided(x_pad, (n, oh, ow, c, kh, kw), (s_n, s_h * sh, s_w * sw, s_c, s_h, s_w),
+                         writeable=False)
+    cols_shape = (n * oh * ow, c * kh * kw)
+    if out is None or out.shape != cols_shape or out.dtype != x_pad.dtype:
+        out = np.empty(cols_shape, x_pad.dtype)
+    gather_windows(windows, out.reshape(windows.shape))
+    return out
+
+
+class RowLayout:
+    """How the direct kernels see a batch (N, C, H, W) padded to (HP, WP): as rows
+    (C, R, L), a kernel tap moving `steps` = (rows, positions per tap row,
+    positions per tap column); see fastlenet.kernels.conv.
+
+    - interleaved, (C, HP, WP*N): pixel (h, w) of every image side by side,
+      steps (1, 0, N); nothing wasted. The output comes out in the same order,
+      and the fast pool and ReLU keep it, so the next convolution's input needs
+      no copy. Chosen once a row holds at least ROWS_FROM positions.
+    - planes, (C, 1, N*HP*WP): image after image, steps (0, WP, 1); for small
+      batches, whose interleaved rows would be too short to vectorise (measured
+      at batch 1: C3 forward 0.07 ms as planes, 0.22 ms as rows of 14).
+    """
+
+    ROWS_FROM = 512
+
+    def __init__(self, n, hp, wp):
+        self.n, self.hp, self.wp = n, hp, wp
+        self.interleaved = n * wp >= self.ROWS_FROM
+        self.steps = interleaved_steps(n) if self.interleaved else planes_steps(wp)
+
+    def pack(self, x, padding):
+        """(N, C, H, W) -> (C, R, L) padded; one copy at most, none when x already
+        lies interleaved (a previous layer's output) and needs no padding."""
+        (n, c, h, w), (ph, pw) = x.shape, padding
+        if not self.interleaved:
+            planes = aligned_empty((c, n, self.hp, self.wp), x.dtype)
+            if ph or pw:
+                planes[...] = 0
+            planes[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)  # (N, C, H, W) -> (C, N, H, W)
+            return planes.reshape(c, 1, -1)
+        inner = x.transpose(1, 2, 3, 0)  # (C, H, W, N) view
+        if not (ph or pw) and inner.flags.c_contiguous:
+            return inner.reshape(c, h, w * n)
+        rows = aligned_empty((c, self.hp, self.wp, n), x.dtype)
+        if ph or pw:
+            rows[...] = 0
+        interleave(x, rows[:, ph:ph + h, pw:pw + w])  # (N, C, H, W) -> (C, H, W, N)
+        return rows.reshape(c, self.hp, -1)
+
+    def empty(self, channels, height, width, dtype):
+        """Rows for `channels` planes of `height` x `width` pixels: a layer's output
+        (height, width = OH, OW) or its padded input (HP, WP)."""
+        if self.interleaved:
+            return aligned_empty((channels, height, width * self.n), dtype)
+        return aligned_empty((channels, 1, self.n * self.hp * self.wp), dtype)
+
+    def unpack(self, a, h, w):
+        """(C, R, L) -> the (N, C, h, w) view of the top-left h x w of every image."""
+        c = a.shape[0]
+        if self.interleaved:  # (C, R, W*N) -> (C, R, W, N)
+            return a.reshape(c, a.shape[1], -1, self.n)[:, :h, :w].transpose(3, 0, 1, 2)
+        return a.reshape(c, self.n, self.hp, self.wp)[:, :, :h, :w].transpose(1, 0, 2, 3)
+
+    def gradient_rows(self, dy):
+        """dy (N, F, OH, OW) as the forward's output rows, zero where no output is."""
+        n, f, oh, ow = dy.shape
+        if self.interleaved:
+            inner = dy.transpose(1, 2, 3, 0)  # (F, OH, OW, N) view
+            if not inner.flags.c_contiguous:  # else free: dy lies interleaved, as the fast pool's gradient does
+                inner = aligned_empty(inner.shape, dy.dtype)
+                inner[...] = dy.transpose(1, 2, 3, 0)
+            return inner.reshape(f, oh, ow * n)
+        rows = self.empty(f, oh, ow, dy.dtype)
+        gradient_to_planes(dy, self.hp, self.wp, rows)
+        return rows
+
+
+class Conv2D(ConvSpec):
+    """Two algorithms, both checked against the reference:
+
+    - stride 1: direct Numba kernels (fastlenet.kernels.conv) on the batch
+      laid out in long rows (RowLayout): contiguous multiply-adds and no
+      columns at all. LeNet's GEMMs are too thin (K = 25 or 150, 6 or 16
+      outputs) to pay for the copy that feeds them: measured on 2 cores, C3
+      forward went from 4.7 ms (im2col + GEMM) to 2.8 ms, 2.2-2.4 ms with
+      image rows side by side, and ~1.7 ms with the batch innermost (C3's
+      three kernels 20 % faster than side by side: no window is wasted).
+    - any other stride: im2col + GEMM, the general path. Every window becomes
+      a row of a matrix and the convolution one matrix product; the input
+      gradient is a GEMM into columns and a Numba col2im scatter.
+    """
+
+    _cols = None
+
+    def forward(self, x):
+        n, f, oh, ow = self._start_forward(x)
+        if self.stride == (1, 1):
+            (ph, pw), (h, w) = self.padding, x.shape[2:]
+            self._layout = layout = RowLayout(n, h + 2 * ph, w + 2 * pw)
+            self._x_rows = layout.pack(x, self.padding)
+            y_rows = layout.empty(f, oh, ow, x.dtype)
+            conv_forward(self._x_rows, self.weight.value, self.bias.value, *layout.steps, y_rows)
+            return layout.unpack(y_rows, oh, ow)
+        x_pad = _pad(x, *self.padding)
+        self._x_pad_shape = x_pad.shape
+        self._cols = im2col(x_pad, self.kernel_size, self.stride, (oh, ow), self._cols)  # (N*OH*OW, C*KH*KW)
+        y = self._cols @ self.weight.value.reshape(f, -1).T                               # (N*OH*OW, F)
+        y += self.bias.value
+        # (N*OH*OW, F) -> (N, OH, OW, F) -> NCHW view: channels stay innermost in memory
+        return y.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
+
+    def backward(self, dy):
+        self._check_grad(dy)
+        if self.stride == (1, 1):
+            return self._backward_direct(dy)
+        dy.sum(axis=(0, 2, 3), out=self.bias.grad)
+        n, f, oh, ow = dy.shape
+        dy_rows = dy.transpose(0, 2, 3, 1).reshape(n * oh * ow, f)  # free when dy came from forward's layout
+        np.matmul(dy_rows.T, self._cols, out=self.weight.grad.reshape(f, -1))
+        if not self.input_grad:
+            return None
+        (kh, kw), (c, hp, wp) = self.kernel_size, self._x_pad_shape[1:]
+        dcols = dy_rows @ self.weight.value.reshape(f, -1)  # (N*OH*OW, C*KH*KW)
+        dx_pad = np.empty((n, c, hp, wp), dy.dtype)
+        col2im(dcols.reshape(n, oh, ow, c, kh, kw), *self.stride, dx_pad)
+        return self._crop(dx_pad)
+
+    def _backward_direct(self, dy):
+        layout = self._layout
+        dy_rows = layout.gradient_rows(dy)
+        conv_weight_grad(self._x_rows, dy_rows, *layout.steps, self.weight.grad, self.bias.grad)
+        if not self.input_grad:
+            return None
+        dx_rows = layout.empty(self.in_channels, layout.hp, layout.wp, dy.dtype)
+        conv_input_grad(dy_rows, self.weight.value, *layout.steps, dx_rows)
+        return self._crop(layout.unpack(dx_rows, layout.hp, layout.wp))
+
+    def _crop(self, dx_pad):
+        (ph, pw), (hp, wp) = self.padding, dx_pad.shape[2:]
+        return dx_pad[:, :, ph:hp - ph, pw:wp - pw]
+
+
+class MaxPool2D(PoolSpec):
+    """Numba kernels: any window and stride, and LeNet's 2x2 windows at stride 2
+    specialised, also for a batch-innermost input (a large batch's convolution
+    output), whose output then stays batch-innermost. The argmax (a flat index
+    in the plane) is what backward needs."""
+
+    def forward(self, x):
+        n, c, oh, ow = self._start_forward(x)
+        self._x_shape = x.shape
+        two_by_two = self.kernel_size == self.stride == (2, 2)
+        self._interleaved = two_by_two and order(x) == BATCH_INNERMOST
+        if self._interleaved:
+            y, self._argmax = aligned_empty((c, oh, ow, n), x.dtype), aligned_empty((c, oh, ow, n), np.int32)
+            maxpool2x2_forward_interleaved(x.transpose(1, 2, 3, 0), y, self._argmax)
+            return y.transpose(3, 0, 1, 2)  # (C, OH, OW, N) -> (N, C, OH, OW) view
+        y, self._argmax = aligned_empty((n, c, oh, ow), x.dtype), aligned_empty((n, c, oh, ow), np.int32)
+        if two_by_two:
+            maxpool2x2_forward(x, y, self._argmax)
+        else:
+            maxpool_forward(x, *self.kernel_size, *self.stride, y, self._argmax)
+        return y
+
+    def backward(self, dy):
+        self._check_grad(dy)
+        n, c, h, w = self._x_shape
+        if self._interleaved:
+            dx = aligned_empty((c, h, w, n), dy.dtype)
+            maxpool2x2_backward_interleaved(dy.transpose(1, 2, 3, 0), self._argmax, dx)
+            return dx.transpose(3, 0, 1, 2)
+        dx = aligned_empty(self._x_shape, dy.dtype)
+        maxpool_backward(dy, self._argmax, dx)
+        return dx
+
+
+class ReLU(Layer):
+    """One Numba pass each way over the array's memory, in whatever axis order
+    it is dense (a batch-innermost conv or pool output too). Other strided
+    arrays take NumPy's ufuncs: they walk any strides, where a copy first would
+    cost more than the ReLU."""
+
+    def forward(self, x):
+        self._check_float(x)
+        self._record(x.shape, x.dtype)
+        y = aligned_empty_like(x)
+        self._mask = aligned_empty_like(x, np.bool_)  # 1 byte per element instead of caching x
+        flat_x = flat(x)
+        if flat_x is None:
+            np.greater(x, 0, out=self._mask)
+            return np.maximum(x, 0, out=y)
+        relu_forward(flat_x, flat(y), flat(self._mask))
+        return y
+
+    def backward(self, dy):
+        self._check_grad(dy)
+        flat_dy = flat(dy)
+        if flat_dy is None or not same_order(dy, self._mask):
+            return dy * self._mask
+        dx = aligned_empty_like(dy)
+        relu_backward(flat_dy, flat(self._mask), flat(dx))
+        return dx
+
+
+class Flatten(core.Flatten):
+    """Its gradient comes back in the memory order its input had (batch-innermost
+    after a large batch's pool), so the ReLU before it takes one pass over
+    matching memory instead of a mixed-order multiply (relu4 backward at batch
+    256: 0.41 ms -> 0.04 ms). Free when the Linear after it already returned
+    its gradient in that order, as the fast one does; else one copy."""
+
+    def forward(self, x):
+        self._x = x
+        return super().forward(x)
+
+    def backward(self, dy):
+        dx = super().backward(dy)
+        if same_order(dx, self._x):
+            return dx
+        like_x = aligned_empty_like(self._x)
+        like_x[...] = dx
+        return like_x
+
+
+class Linear(LinearSpec):
+    """GEMMs through BLAS, except after a batch-innermost input (a large batch's
+    pool output, flattened, and so every Linear after it). Its transpose x.T is
+    then IN rows of N positions, and y.T = W x.T + b is a 1x1 convolution of
+    them: the direct register-blocked kernels compute it and the input gradient
+    on both cores, where BLAS runs on one (batch 256: F5 forward 0.28 -> 0.19
+    ms, input gradient 0.27 -> 0.18, F6 0.067 -> 0.034 and 0.060 -> 0.045 ms).
+    The output and the input gradient come out batch-innermost too; the weight
+    gradient stays one GEMM."""
+
+    def forward(self, x):
+        self._start_forward(x)
+        self._x = x
+        if order(x) != BATCH_INNERMOST:
+            y = x @ self.weight.value.T
+            y += self.bias.value
+            return y
+        n = x.shape[0]
+        y_rows = aligned_empty((self.out_features, n), x.dtype)
+        conv_forward(x.T.reshape(self.in_features, 1, n), self._as_1x1(), self.bias.value, *interleaved_steps(n),
+                     y_rows.reshape(self.out_features, 1, n))
+        return y_rows.T  # (OUT, N) -> (N, OUT) view
+
+    def backward(self, dy):
+        self._check_grad(dy)
+        np.matmul(dy.T, self._x, out=self.weight.grad)
+        dy.sum(axis=0, out=self.bias.grad)
+        if not self.input_grad:
+            return None
+        if order(self._x) != BATCH_INNERMOST:
+            return dy @ self.weight.value
+        n = dy.shape[0]
+        dy_rows = np.ascontiguousarray(dy.T)  # (N, OUT) -> (OUT, N): free when dy lies batch-innermost
+        dx_rows = aligned_empty((self.in_features, n), dy.dtype)
+        conv_input_grad(dy_rows.reshape(self.out_features, 1, n), self._as_1x1(), *interleaved_steps(n),
+                        dx_rows.reshape(self.in_features, 1, n))
+        return dx_rows.T  # (IN, N) -> (N, IN) view: Flatten hands it on without a copy
+
+    def _as_1x1(self):
+        return self.weight.value.reshape(self.out_features, self.in_features, 1, 1)  # (OUT, IN) as 1x1 filters
