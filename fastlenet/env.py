@@ -2,11 +2,9 @@
 
 Two pools share the cores: OpenBLAS (the GEMMs) and Numba (the kernels).
 Both spin-wait between calls, so when both use every core each one's idle
-threads steal time from the other's working ones. On the 2-core machine a
-LeNet-5 training step (batch 256) took 59 ms with both pools at 2 threads,
-37 ms with BLAS 2 / Numba 1 and 22 ms with Numba 2 / BLAS 1: the kernels
-parallelise better than LeNet's thin GEMMs, so Numba gets the cores and
-BLAS runs single-threaded by default.
+threads steal time from the other's working ones. The kernels parallelise
+better than LeNet's thin GEMMs, so Numba gets the cores and BLAS runs
+single-threaded by default (the README's Threads section has the figures).
 
 The allocator is the third setting: see hold_freed_memory.
 """
@@ -48,11 +46,8 @@ def hold_freed_memory():
     By default glibc maps large blocks (from 128 kB; the bar moves with what was
     freed) and unmaps them on free, and trims the heap's free top, so steps keep
     faulting in and zeroing fresh pages, and each unmap interrupts the other
-    core to flush its TLB. Measured on the 2-core machine, batch-256 training
-    steps in five alternated pairs of processes: 139-224 -> 0-2 page faults per
-    step, medians 7.2-10.0 -> 7.0-8.8 ms (-7 % summed; the machine's noise is
-    as large). The working set stays mapped between steps rather than growing
-    past it. Process-wide, so the entry points (train, bench, profile) call it,
+    core to flush its TLB (the README's Memory paragraph has the figures).
+    The working set stays mapped between steps rather than growing past it. Process-wide, so the entry points (train, bench, profile) call it,
     not the library on import. Returns whether it took effect (glibc only)."""
     global _heap_held
     if platform.libc_ver()[0] != "glibc":

@@ -52,8 +52,7 @@ class RowLayout:
       and the fast pool and ReLU keep it, so the next convolution's input needs
       no copy. Chosen once a row holds at least ROWS_FROM positions.
     - planes, (C, 1, N*HP*WP): image after image, steps (0, WP, 1); for small
-      batches, whose interleaved rows would be too short to vectorise (measured
-      at batch 1: C3 forward 0.07 ms as planes, 0.22 ms as rows of 14).
+      batches, whose interleaved rows would be too short to vectorise.
     """
 
     ROWS_FROM = 512
@@ -116,10 +115,8 @@ class Conv2D(ConvSpec):
     - stride 1: direct Numba kernels (fastlenet.kernels.conv) on the batch
       laid out in long rows (RowLayout): contiguous multiply-adds and no
       columns at all. LeNet's GEMMs are too thin (K = 25 or 150, 6 or 16
-      outputs) to pay for the copy that feeds them: measured on 2 cores, C3
-      forward went from 4.7 ms (im2col + GEMM) to 2.8 ms, 2.2-2.4 ms with
-      image rows side by side, and ~1.7 ms with the batch innermost (C3's
-      three kernels 20 % faster than side by side: no window is wasted).
+      outputs) to pay for the copy that feeds them, and with the batch
+      innermost no window is wasted (the README has the measurements).
     - any other stride: im2col + GEMM, the general path. Every window becomes
       a row of a matrix and the convolution one matrix product; the input
       gradient is a GEMM into columns and a Numba col2im scatter.
@@ -240,8 +237,7 @@ class ReLU(Layer):
 class Flatten(core.Flatten):
     """Its gradient comes back in the memory order its input had (batch-innermost
     after a large batch's pool), so the ReLU before it takes one pass over
-    matching memory instead of a mixed-order multiply (relu4 backward at batch
-    256: 0.41 ms -> 0.04 ms). Free when the Linear after it already returned
+    matching memory instead of a mixed-order multiply. Free when the Linear after it already returned
     its gradient in that order, as the fast one does; else one copy."""
 
     def forward(self, x):
@@ -262,9 +258,7 @@ class Linear(LinearSpec):
     pool output, flattened, and so every Linear after it). Its transpose x.T is
     then IN rows of N positions, and y.T = W x.T + b is a 1x1 convolution of
     them: the direct register-blocked kernels compute it and the input gradient
-    on both cores, where BLAS runs on one (batch 256: F5 forward 0.28 -> 0.19
-    ms, input gradient 0.27 -> 0.18, F6 0.067 -> 0.034 and 0.060 -> 0.045 ms).
-    The output and the input gradient come out batch-innermost too; the weight
+    on both cores, where BLAS runs on one. The output and the input gradient come out batch-innermost too; the weight
     gradient stays one GEMM."""
 
     def forward(self, x):

@@ -22,8 +22,7 @@ ALIGN_FROM = 1 << 18  # bytes; below it the ~4 us an aligned allocation costs ou
 
 def aligned_empty(shape, dtype):
     """np.empty starting on a cache line. malloc's blocks start 16 bytes into
-    one, so half of the kernels' 32-byte AVX2 loads would straddle two lines:
-    C3's three kernels measured 15-20 % slower with every array so placed."""
+    one, so many of the kernels' vector loads would straddle two lines."""
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     if nbytes < ALIGN_FROM:
         return np.empty(shape, dtype)

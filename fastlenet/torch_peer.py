@@ -1,8 +1,7 @@
 """PyTorch's LeNet-5, timed in its own process for `fastlenet bench`.
 
 Two OpenMP runtimes in one process (Numba's and PyTorch's) fight: a PyTorch
-step at batch 1 went from 1.9 ms to 12 ms once a Numba kernel had run in the
-same process. So PyTorch runs here, in a child process that times blocks of
+step slows several-fold once a Numba kernel has run in the same process. So PyTorch runs here, in a child process that times blocks of
 steps when the parent asks, and the parent interleaves those blocks with its
 own. Protocol: argv = x.npy labels.npy threads; stdin lines "step K" or
 "infer K"; each answered by one JSON line of K timings in seconds.

@@ -271,7 +271,7 @@ def load_data(config, data, progress):
     check_pair(data.train_images, data.train_labels, "training set")
     check_pair(data.test_images, data.test_labels, "test set")
     if config.val_size >= len(data.train_images):
-        raise SettingsError(f"--val-size must be 0 <= VAL_SIZE < {len(data.train_images)} (the training set), "
+        raise SettingsError(f"--val-size must be >= 0 and < {len(data.train_images)} (the training set), "
                             f"got {config.val_size}")
     train_idx, val_idx = validation_split(len(data.train_images), config.val_size, config.seed)
     return data, train_idx[:config.limit_train] if config.limit_train else train_idx, val_idx

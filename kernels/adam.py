@@ -17,8 +17,7 @@ def adam_update(value, grad, exp_avg, exp_avg_sq, beta1, one_minus_beta1, beta2,
     The scalars (Python floats) are cast to the arrays' dtype and the operations
     run in NumPy's order, so float32 stays float32 and the result is NumPy's,
     bit for bit. A parallel loop, whose iterations are declared independent, is
-    also what lets LLVM vectorise it: LeNet's 61,706 parameters in one array
-    took 0.24 ms serial, 0.03 ms parallel on one thread, 0.02 ms on two.
+    also what lets LLVM vectorise it (a serial loop does not, even on one thread).
     """
     t = value.dtype.type
     b1, c1, b2, c2 = t(beta1), t(one_minus_beta1), t(beta2), t(one_minus_beta2)

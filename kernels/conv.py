@@ -25,8 +25,7 @@ a block is six filters (or six input channels) at 2 x lanes consecutive
 positions, twelve vectors of sums that stay in registers while every tap that
 reaches them is added; each tap loads two input vectors and six weights for
 twelve multiply-adds. LLVM's own vectorisation of a long loop keeps the sums
-in memory instead, loading and storing them on every tap (C3's forward at
-batch 256, 2 cores: 1.1-1.6 ms that way, 0.86-1.2 ms blocked, in the same runs).
+in memory instead, loading and storing them on every tap.
 A row's last block ends on the row's last position and overlaps the block
 before it, which the same task computed: the same sums, the same bits.
 
@@ -42,11 +41,10 @@ from numba import njit, prange
 from .jit import kernel
 from .simd import fma, lanes, load, splat, store
 
-SEGMENT = 4096  # positions per task; measured on LeNet's shapes at batch 256
+SEGMENT = 4096  # positions per task: a task's rows stay in cache (tuned on LeNet's shapes)
 # dy is copied into rows this many elements longer: at batch 256 its rows are
 # 10 KB apart and its filters 100 KB (multiples of 4 KB), so the 400 lines a
 # C3 input-gradient block reads fall into a few L1 sets and evict each other
-# (1.5 ms unpadded, 1.04 ms padded, copy included; 1.2 ms before blocking)
 PAD = 16
 RUN = 8  # blocks per forward or input-gradient task (2 x lanes positions each)
 TASKS = 8  # at least this many tasks where a kernel can, so that two cores share the work evenly
@@ -68,7 +66,7 @@ def dot(x, y):
 def dot4_pair(g, h, x0, x1, x2, x3, acc, acc2, t):
     """acc[t + k] += g . xk and acc2[t + k] += h . xk for k < 4: two filters'
     gradients g and h against four taps' inputs; each load of an x serves two
-    multiply-adds (C3 weight gradient ~25 % faster than one filter per task)."""
+    multiply-adds, where one filter per task spends a load on each."""
     s0 = s1 = s2 = s3 = u0 = u1 = u2 = u3 = g.dtype.type(0)
     for p in range(g.shape[0]):
         v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]

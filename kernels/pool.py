@@ -53,7 +53,7 @@ def maxpool_backward(dy, argmax, out):
 @kernel(parallel=True)
 def maxpool2x2_forward(x, out, argmax):
     """maxpool_forward for LeNet's 2x2 windows at stride 2, specialised: constant
-    offsets let LLVM vectorise the row loop (measured 2.4 ms -> 0.4 ms at batch 256).
+    offsets let LLVM vectorise the row loop.
     Same outputs, argmax included, so maxpool_backward serves both."""
     n, c, oh, ow = out.shape
     width = x.shape[3]

@@ -59,7 +59,7 @@ def test_every_bad_setting_is_one_line_before_data_or_files(tmp_path, capsys, fl
 
 
 def test_val_size_larger_than_the_training_set_is_a_setting_error(tmp_path):
-    with pytest.raises(SettingsError, match="--val-size must be 0 <= VAL_SIZE < 600"):
+    with pytest.raises(SettingsError, match="--val-size must be >= 0 and < 600 \\(the training set\\), got 600"):
         train(TrainConfig(val_size=600, out=str(tmp_path / "run"), quiet=True), data=DATA)
     assert not (tmp_path / "run").exists()
 
