@@ -80,9 +80,11 @@ def build_parser():
 
 
 def cmd_train(args):
+    from .env import hold_freed_memory
     from .settings import TrainConfig, given
     from .train import train
     changes = given(args)
+    hold_freed_memory()  # process-wide, so the entry point sets it (see env.py)
     if args.resume:
         summary = train(resume=args.resume, changes=changes, progress=progress_bar,
                         compare_reference=args.compare_reference)

@@ -24,6 +24,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .distributed import SingleProcess
+from .env import hold_freed_memory
 from .errors import FastLeNetError
 from .train import CHECKPOINT, TrainConfig, train
 
@@ -59,7 +60,9 @@ def read_grid(path):
 
 
 def run_point(settings, out, data_dir):
-    """Trains one point (resuming it when a checkpoint is there) and returns its summary."""
+    """Trains one point (resuming it when a checkpoint is there) and returns its summary.
+    The entry point of a pool worker, so it sets the worker's allocator as the CLI does."""
+    hold_freed_memory()
     config = TrainConfig(**{**settings, "out": str(out), "quiet": True, "data_dir": data_dir})
     resume = out if (Path(out) / CHECKPOINT).exists() else None
     # one process per point, even inside an MPI job (where train() would otherwise join COMM_WORLD)
