@@ -65,8 +65,8 @@ def interleaved(contenders):
 def kernel_cache_stats():
     """Numba dispatchers' compile/cache counters: did the warm-up compile or load from disk?"""
     hits = misses = 0
-    for name in kernels.__all__:
-        stats = getattr(kernels, name).stats
+    for name in kernels.__all__[1:]:  # [0] is the error class
+        stats = getattr(kernels, name).kernel.stats
         hits += sum(stats.cache_hits.values())
         misses += sum(stats.cache_misses.values())
     return {"cache_hits": hits, "cache_misses": misses}

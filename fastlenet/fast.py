@@ -12,9 +12,14 @@ from . import core
 from .core import ConvSpec, Layer, LinearSpec, PoolSpec
 from .layout import (BATCH_INNERMOST, aligned_empty, aligned_empty_like, batch_innermost, flat,  # noqa: F401
                      interleaved_steps, memory_order, order, planes_steps, same_order)
-from .kernels import (col2im, conv_forward, conv_input_grad, conv_weight_grad, gather_windows, gradient_to_planes,
-                      interleave, maxpool2x2_backward_interleaved, maxpool2x2_forward, maxpool2x2_forward_interleaved,
-                      maxpool_backward, maxpool_forward, relu_backward, relu_forward)
+# the kernels themselves, not fastlenet.kernels' checked entry points: the arrays here follow the protocol
+from .kernels.col2im import col2im
+from .kernels.conv import conv_forward, conv_input_grad, conv_weight_grad
+from .kernels.im2col import gather_windows
+from .kernels.pool import (maxpool2x2_backward_interleaved, maxpool2x2_forward, maxpool2x2_forward_interleaved,
+                           maxpool_backward, maxpool_forward)
+from .kernels.relayout import gradient_to_planes, interleave
+from .kernels.relu import relu_backward, relu_forward
 
 __all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten"]
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .kernels import softmax_cross_entropy
+from .kernels.softmax import softmax_cross_entropy
 
 
 class SoftmaxCrossEntropy:

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from .kernels import adam_update
+from .kernels.adam import adam_update
 
 
 def flat(a):

@@ -8,6 +8,7 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
+from fastlenet import kernels
 from fastlenet.kernels.simd import fma, lanes, load, splat, store
 from fastlenet.kernels import (col2im, interleave, maxpool2x2_backward_interleaved, maxpool2x2_forward,
                                maxpool2x2_forward_interleaved, maxpool_backward, maxpool_forward,
@@ -15,6 +16,7 @@ from fastlenet.kernels import (col2im, interleave, maxpool2x2_backward_interleav
 
 
 def compiled_and_python(kernel):
+    kernel = getattr(kernel, "kernel", kernel)  # the compiled kernel behind a checked entry point
     return [pytest.param(kernel, id="jit"), pytest.param(getattr(kernel, "py_func", kernel), id="python")]
 
 
@@ -133,3 +135,51 @@ def test_vectors_load_multiply_add_and_store_a_register_of_elements(kernel, dtyp
 def test_vectors_refuse_a_strided_array():
     with pytest.raises(TypingError, match="contiguous 1-D float arrays"):
         _blocked_axpy(1.0, np.zeros(40, np.float32)[::2], np.zeros(20, np.float32), np.zeros(20, np.float32))
+
+
+def _f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+BAD_CALLS = [  # (entry point, arguments, what the one line must say)
+    ("conv_forward", lambda: (_f32(3, 3, 40), _f32(6, 3, 5, 5), _f32(6), 1, 0, 8, _f32(6, 3, 40)[:, :, ::2]),
+     "conv_forward: out must be C-contiguous"),
+    ("conv_forward", lambda: (_f32(3, 3, 40), _f32(6, 2, 5, 5), _f32(6), 1, 0, 8, _f32(6, 3, 40)),
+     "conv_forward: w has C = 2, x has C = 3"),
+    ("conv_forward", lambda: (_f32(3, 3, 40), _f32(6, 3, 5, 5), _f32(5), 1, 0, 8, _f32(6, 3, 40)),
+     "conv_forward: bias has F = 5, w has F = 6"),
+    ("conv_forward", lambda: (_f32(3, 3, 40), _f32(6, 3, 5, 5).astype(np.float64), _f32(6), 1, 0, 8, _f32(6, 3, 40)),
+     "conv_forward: w is float64, the other float arrays float32"),
+    ("conv_input_grad", lambda: (_f32(6, 3, 40), np.asfortranarray(_f32(6, 2, 5, 5)), 1, 0, 8, _f32(2, 3, 40)),
+     "conv_input_grad: w must be C-contiguous"),
+    ("relu_forward", lambda: (_f32(10), _f32(10), np.zeros(10, np.int8)), "relu_forward: mask must be bool, got int8"),
+    ("relu_forward", lambda: (np.zeros(10, np.int64), _f32(10), np.zeros(10, bool)),
+     "relu_forward: x must be float32 or float64, got int64"),
+    ("maxpool2x2_forward", lambda: (_f32(2, 3, 8, 8), _f32(2, 3, 4, 4), np.zeros((2, 3, 4, 4), np.int64)),
+     "maxpool2x2_forward: argmax must be int32, got int64"),
+    ("maxpool_backward", lambda: (_f32(2, 3, 4), np.zeros((2, 3, 4, 4), np.int32), _f32(2, 3, 8, 8)),
+     "maxpool_backward: dy must be 4-D (N, C, OH, OW), got shape (2, 3, 4)"),
+    ("softmax_cross_entropy", lambda: ([[0.0] * 10], np.zeros(1, np.int64), _f32(1, 10)),
+     "softmax_cross_entropy: logits must be a NumPy array, got list"),
+    ("interleave", lambda: (_f32(2, 1, 4, 4), _f32(1, 4, 4, 2)[..., :1]), "interleave: out has N = 1, x has N = 2"),
+    ("interleave", lambda: (_f32(2, 1, 4, 4),), "interleave: takes 2 arguments (x, out), got 1"),
+    ("adam_update", lambda: (_f32(4), _f32(4), _f32(4), np.broadcast_to(_f32(1), (4,)), 0.9, 0.1, 0.999, 0.001, 1e-3,
+                             1.0, 1e-8), "adam_update: exp_avg_sq is written to and must be writable"),
+]
+
+
+@pytest.mark.parametrize("name, make_args, message", BAD_CALLS, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BAD_CALLS)])
+def test_checked_entry_points_say_what_does_not_fit(name, make_args, message):
+    with pytest.raises(kernels.KernelArgumentError) as caught:
+        getattr(kernels, name)(*make_args())
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_every_public_kernel_is_checked_and_a_good_call_goes_through():
+    for name in kernels.__all__[1:]:
+        assert getattr(kernels, name).spec, name
+    x = np.random.default_rng(0).standard_normal(10).astype(np.float32)
+    out, mask = np.empty_like(x), np.empty(10, bool)
+    kernels.relu_forward(x, out, mask)
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    np.testing.assert_array_equal(mask, x > 0)
