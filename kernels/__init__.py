@@ -25,32 +25,28 @@ exactly one writer, so results do not depend on the Numba thread count.
 from . import adam, col2im as _col2im, conv, im2col, pool, relayout, relu, softmax
 from .checked import KernelArgumentError, entry
 
-adam_update = entry(adam.adam_update, "value:float[P], grad:float[P], exp_avg:float[P]:out, exp_avg_sq:float[P]:out, "
-                    "beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, sqrt_bias2, eps")
-col2im = entry(_col2im.col2im, "cols:float[N OH OW C KH KW], stride_h, stride_w, out:float[N C HP WP]:out")
-conv_forward = entry(conv.conv_forward, "x:float[C R L]:c, w:float[F C KH KW]:c, bias:float[F]:c, row_step, pos_step, "
-                     "col_step, out:float[F R2 L2]:c:out")
-conv_weight_grad = entry(conv.conv_weight_grad, "x:float[C R L]:c, dy:float[F R2 L2]:c, row_step, pos_step, col_step, "
-                         "dw:float[F C KH KW]:c:out, bias_grad:float[F]:out")
-conv_input_grad = entry(conv.conv_input_grad, "dy:float[F R2 L2]:c, w:float[F C KH KW]:c, row_step, pos_step, "
-                        "col_step, dx:float[C R L]:c:out")
-gather_windows = entry(im2col.gather_windows, "windows:float[N OH OW C KH KW], out:float[N OH OW C KH KW]:c:out")
-gradient_to_planes = entry(relayout.gradient_to_planes, "dy:float[N F OH OW], hp, wp, planes:float[F ONE P]:c:out")
-interleave = entry(relayout.interleave, "x:float[N C H W], out:float[C H W N]:out")
-maxpool_forward = entry(pool.maxpool_forward, "x:float[N C H W], kh, kw, sh, sw, out:float[N C OH OW]:out, "
-                        "argmax:int32[N C OH OW]:out")
-maxpool_backward = entry(pool.maxpool_backward, "dy:float[N C OH OW], argmax:int32[N C OH OW], out:float[N C H W]:c:out")
-maxpool2x2_forward = entry(pool.maxpool2x2_forward, "x:float[N C H W], out:float[N C OH OW]:out, "
-                           "argmax:int32[N C OH OW]:out")
-maxpool2x2_forward_interleaved = entry(pool.maxpool2x2_forward_interleaved, "x:float[C H W N], out:float[C OH OW N]:out, "
-                                       "argmax:int32[C OH OW N]:out")
-maxpool2x2_backward_interleaved = entry(pool.maxpool2x2_backward_interleaved, "dy:float[C OH OW N], "
-                                        "argmax:int32[C OH OW N], out:float[C H W N]:out")
-relu_forward = entry(relu.relu_forward, "x:float[S]:c, out:float[S]:c:out, mask:bool[S]:c:out")
-relu_backward = entry(relu.relu_backward, "dy:float[S], mask:bool[S], dx:float[S]:out")
-softmax_cross_entropy = entry(softmax.softmax_cross_entropy, "logits:float[N K], labels:int[N], probs:float[N K]:out")
+SPECS = {  # kernel -> its arguments (see checked.py)
+    adam.adam_update: "value:float[P], grad:float[P], exp_avg:float[P]:out, exp_avg_sq:float[P]:out, beta1, "
+                      "one_minus_beta1, beta2, one_minus_beta2, step_size, sqrt_bias2, eps",
+    _col2im.col2im: "cols:float[N OH OW C KH KW], stride_h, stride_w, out:float[N C HP WP]:out",
+    conv.conv_forward: "x:float[C R L]:c, w:float[F C KH KW]:c, bias:float[F]:c, row_step, pos_step, col_step, "
+                       "out:float[F R2 L2]:c:out",
+    conv.conv_weight_grad: "x:float[C R L]:c, dy:float[F R2 L2]:c, row_step, pos_step, col_step, "
+                           "dw:float[F C KH KW]:c:out, bias_grad:float[F]:out",
+    conv.conv_input_grad: "dy:float[F R2 L2]:c, w:float[F C KH KW]:c, row_step, pos_step, col_step, "
+                          "dx:float[C R L]:c:out",
+    im2col.gather_windows: "windows:float[N OH OW C KH KW], out:float[N OH OW C KH KW]:c:out",
+    relayout.gradient_to_planes: "dy:float[N F OH OW], hp, wp, planes:float[F ONE P]:c:out",
+    relayout.interleave: "x:float[N C H W], out:float[C H W N]:out",
+    pool.maxpool_forward: "x:float[N C H W], kh, kw, sh, sw, out:float[N C OH OW]:out, argmax:int32[N C OH OW]:out",
+    pool.maxpool_backward: "dy:float[N C OH OW], argmax:int32[N C OH OW], out:float[N C H W]:c:out",
+    pool.maxpool2x2_forward: "x:float[N C H W], out:float[N C OH OW]:out, argmax:int32[N C OH OW]:out",
+    pool.maxpool2x2_forward_interleaved: "x:float[C H W N], out:float[C OH OW N]:out, argmax:int32[C OH OW N]:out",
+    pool.maxpool2x2_backward_interleaved: "dy:float[C OH OW N], argmax:int32[C OH OW N], out:float[C H W N]:out",
+    relu.relu_forward: "x:float[S]:c, out:float[S]:c:out, mask:bool[S]:c:out",
+    relu.relu_backward: "dy:float[S], mask:bool[S], dx:float[S]:out",
+    softmax.softmax_cross_entropy: "logits:float[N K], labels:int[N], probs:float[N K]:out",
+}
+globals().update({kernel.__name__: entry(kernel, spec) for kernel, spec in SPECS.items()})
 
-__all__ = ["KernelArgumentError", "adam_update", "col2im", "conv_forward", "conv_input_grad", "conv_weight_grad",
-           "gather_windows", "gradient_to_planes", "interleave", "maxpool_forward", "maxpool_backward",
-           "maxpool2x2_forward", "maxpool2x2_forward_interleaved", "maxpool2x2_backward_interleaved", "relu_backward",
-           "relu_forward", "softmax_cross_entropy"]
+__all__ = ["KernelArgumentError"] + sorted(kernel.__name__ for kernel in SPECS)
