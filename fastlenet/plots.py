@@ -1,16 +1,23 @@
 """The figures of a run, as PNG files (matplotlib, no display needed)."""
 
+import io
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .storage import atomic_write  # noqa: E402
+
 
 def _save(fig, path):
+    """Rendered in memory, then written atomically (a full disk names the file)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    atomic_write(path, png.getvalue())
 
 
 def loss_curve(iterations, losses, path):
