@@ -61,8 +61,11 @@ class TrainConfig:
     limit_train: int | None = setting(None, "train on the first N training images only", minimum=1)
     val_size: int = setting(1000, "validation images held out of the training set", minimum=0)
     normalize: bool = setting(False, "standardise inputs with MNIST's mean/std (travels with the weights)")
-    lr_schedule: str = setting("constant", "constant (the spec), or cosine decay from --lr to 0 over the run",
+    lr_schedule: str = setting("constant", "constant (the spec); cosine decay from --lr to 0 over the run; or "
+                                           "onecycle: linear warm-up to --lr, then cosine to --min-lr",
                                choices=LR_SCHEDULES)
+    warmup_epochs: float = setting(1.0, "onecycle: epochs of linear warm-up from 0 to --lr", minimum=0.0)
+    min_lr: float = setting(1e-5, "onecycle: the rate at the last step", minimum=0.0)
     shift: int = setting(0, "augment: move each training image by up to PIXELS (0-4) each way (default 0, "
                             "the spec)", minimum=0, maximum=4, metavar="PIXELS")
     checkpoint_every: int | None = setting(None, "also checkpoint every N iterations", minimum=1, resumable=True)
@@ -75,6 +78,9 @@ class TrainConfig:
         if self.optimizer != "sgd" and self.momentum:
             raise SettingsError(f"--momentum applies to --optimizer sgd only, got --momentum {self.momentum} "
                                 f"with --optimizer {self.optimizer}")
+        if self.lr_schedule == "onecycle" and not self.min_lr < self.lr:
+            raise SettingsError(f"--min-lr must be below --lr with --lr-schedule onecycle, got --min-lr "
+                                f"{self.min_lr} and --lr {self.lr}")
         if self.deterministic and self.blas_threads != 1:
             raise SettingsError(f"--deterministic needs --blas-threads 1, got {self.blas_threads}: a multi-threaded "
                                 f"BLAS may split its sums differently from run to run")

@@ -121,7 +121,8 @@ class Trainer:
             while self.batch_in_epoch < self.batches_per_epoch:
                 t0 = time.perf_counter()
                 idx = order[self.batch_in_epoch * cfg.batch_size:(self.batch_in_epoch + 1) * cfg.batch_size]
-                self.optimizer.lr = learning_rate(cfg, self.iteration, cfg.epochs * self.batches_per_epoch)
+                self.optimizer.lr = learning_rate(cfg, self.iteration, cfg.epochs * self.batches_per_epoch,
+                                                  self.batches_per_epoch)
                 loss, batch_correct, stopping = self.step(idx, stop)
                 if not math.isfinite(loss):
                     raise TrainingStopped(self.non_finite_message(loss))

@@ -139,7 +139,7 @@ def test_bad_settings(tmp_path):
         train(config(tmp_path, optimizer="rmsprop"), data=DATA)
     with pytest.raises(ConfigError, match="--shift must be >= 0 and <= 4, got 5"):
         train(config(tmp_path, shift=5), data=DATA)
-    with pytest.raises(ConfigError, match="--lr-schedule must be one of constant, cosine, got 'step'"):
+    with pytest.raises(ConfigError, match="--lr-schedule must be one of constant, cosine, onecycle, got 'step'"):
         train(config(tmp_path, lr_schedule="step"), data=DATA)
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -164,9 +164,24 @@ def test_cosine_schedule_runs_from_lr_towards_zero():
     assert learning_rate(TrainConfig(lr=1e-3), 99, 100) == 1e-3
 
 
-def test_schedule_and_shifts_train_and_resume_bit_exactly(tmp_path):
+def test_onecycle_warms_up_linearly_then_decays_to_min_lr():
+    cfg = TrainConfig(lr=4e-3, lr_schedule="onecycle", warmup_epochs=1.5, min_lr=1e-5)
+    rates = [learning_rate(cfg, i, 100, 10) for i in range(100)]  # 10 epochs of 10 steps: 15 warm-up steps
+    assert rates[:15] == pytest.approx([4e-3 * (i + 1) / 15 for i in range(15)])
+    assert rates[14] == pytest.approx(4e-3) and rates[14] > rates[15] > 0.99 * 4e-3
+    assert all(a > b for a, b in zip(rates[14:], rates[15:])) and rates[-1] == pytest.approx(1e-5)
+    assert learning_rate(TrainConfig(lr=4e-3, lr_schedule="onecycle", warmup_epochs=0), 0, 100, 10) == 4e-3
+
+
+def test_onecycle_needs_min_lr_below_lr():
+    with pytest.raises(ConfigError, match="--min-lr must be below --lr with --lr-schedule onecycle"):
+        TrainConfig(lr=1e-5, lr_schedule="onecycle").check()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_schedule_and_shifts_train_and_resume_bit_exactly(tmp_path, schedule):
     """The recipe options are functions of (seed, step): a stopped run resumes to the same bits."""
-    extra = dict(epochs=2, lr_schedule="cosine", shift=2, quiet=False)
+    extra = dict(epochs=2, lr_schedule=schedule, shift=2, quiet=False)  # onecycle: stopped inside its warm-up
     whole = train(config(tmp_path, "whole", **extra), data=DATA, progress=SignalAfter(0, signal.SIGINT))
     SignalAfter.count = 0
     with pytest.raises(TrainingStopped):
@@ -178,6 +193,10 @@ def test_schedule_and_shifts_train_and_resume_bit_exactly(tmp_path):
     assert resumed["final_loss"] == whole["final_loss"]
     lrs = [json.loads(line).get("lr") for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     lrs = [lr for lr in lrs if lr is not None]
-    assert lrs[0] == 1e-3 and all(a > b for a, b in zip(lrs, lrs[1:]))  # decays every step
+    if schedule == "cosine":
+        assert lrs[0] == 1e-3 and all(a > b for a, b in zip(lrs, lrs[1:]))  # decays every step
+    else:  # 8 steps an epoch: up to 1e-3 over the first, then down to --min-lr
+        assert all(a < b for a, b in zip(lrs[:8], lrs[1:8])) and lrs[7] == pytest.approx(1e-3)
+        assert all(a > b for a, b in zip(lrs[7:], lrs[8:])) and lrs[-1] == pytest.approx(1e-5)
     plain = train(config(tmp_path, "plain", epochs=2), data=DATA)
     assert plain["final_loss"] != whole["final_loss"]  # the options change the run
