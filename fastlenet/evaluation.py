@@ -11,7 +11,10 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_proba(model, images, chunk=256):
+CHUNK = 256  # images per forward when predicting
+
+
+def predict_proba(model, images, chunk=CHUNK):
     """uint8 images (N, 28, 28) -> class probabilities (N, 10), preprocessed as the
     model's weights expect, `chunk` images at a time so memory stays bounded whatever N."""
     probs = np.empty((len(images), 10), np.float64)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import WeightsError
 from .settings import SettingsError
-from .storage import WEIGHTS_NAME, atomic_write, load_tensors, save_tensors, write_json
+from .storage import WEIGHTS_NAME, atomic_write, load_tensors, save_tensors, write_error, write_json
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT, CHECKPOINT_STATE = "checkpoint.safetensors", "checkpoint.json"
@@ -58,13 +58,11 @@ class RunDir:
         run.hold()
         present = sorted(p.name for p in run.path.iterdir() if p.name != LOCK)
         if present and not overwrite:
-            run.release()
-            raise RunDirError(f"--out {run.path} already holds a run: pass --resume {run.path} to continue it, "
+            raise run.refusal(f"--out {run.path} already holds a run: pass --resume {run.path} to continue it, "
                               f"--overwrite to replace it, or choose another --out")
         foreign = [name for name in present if name not in RUN_FILES and not name.startswith(".")]
         if foreign:
-            run.release()
-            raise RunDirError(f"--out {run.path}: --overwrite replaces only a run, and this folder also holds "
+            raise run.refusal(f"--out {run.path}: --overwrite replaces only a run, and this folder also holds "
                               f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}")
         for name in present:
             if name in RUN_FILES:
@@ -95,11 +93,9 @@ class RunDir:
             raise RunDirError(f"--resume {run.path}: not a fastlenet run directory (no {CONFIG})")
         run.hold()
         if (run.path / SUMMARY).exists():
-            run.release()
-            raise RunDirError(f"--resume {run.path}: that run has already finished")
+            raise run.refusal(f"--resume {run.path}: that run has already finished")
         if not (run.path / CHECKPOINT).exists():
-            run.release()
-            raise RunDirError(f"--resume {run.path}: no checkpoint yet (the run stopped before its first one); "
+            raise run.refusal(f"--resume {run.path}: no checkpoint yet (the run stopped before its first one); "
                               f"start it again with --overwrite")
         return run
 
@@ -118,6 +114,11 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
+
+    def refusal(self, message):
+        """Lets the directory go and returns the error to raise."""
+        self.release()
+        return RunDirError(message)
 
     def release(self):
         if self._lock is not None:
@@ -160,9 +161,6 @@ class RunDir:
         save_tensors(self.path / CHECKPOINT, tensors, {**metadata, "state": json.dumps(state)})
         write_json(self.path / CHECKPOINT_STATE, state)
 
-    def has_checkpoint(self):
-        return (self.path / CHECKPOINT).exists()
-
     def load_checkpoint(self):
         """-> (tensors, state)."""
         path = self.path / CHECKPOINT
@@ -186,14 +184,14 @@ class MetricsFile:
         try:
             self._file.write(json.dumps(entry) + "\n")
         except OSError as e:
-            raise OSError(e.errno, f"cannot write ({e.strerror or e})", str(self.path)) from None
+            raise write_error(e, self.path) from None
 
     def close(self):
         if self._file is not None:
             try:
                 self._file.close()
             except OSError as e:
-                raise OSError(e.errno, f"cannot write ({e.strerror or e})", str(self.path)) from None
+                raise write_error(e, self.path) from None
 
     def __enter__(self):
         return self

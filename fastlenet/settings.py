@@ -9,6 +9,7 @@ validation a setting gets; it raises SettingsError with one message format:
 
 import argparse
 import math
+import operator
 import typing
 from dataclasses import asdict, dataclass, field, fields
 
@@ -100,7 +101,7 @@ class TrainConfig:
         for name, value in values.items():
             if not fits_type(known[name], value):
                 raise SettingsError(f"{source}: {name} must be {type_name(known[name])}, got {value!r}")
-        return cls(**{k: float(v) if type_name(known[k]) == "a number" and v is not None else v
+        return cls(**{k: float(v) if kind_of(known[k]) is float and v is not None else v
                       for k, v in values.items()})
 
 
@@ -121,11 +122,11 @@ def check_value(f, value):
     if meta["choices"] or kind_of(f) in (str, bool):
         return
     maximum = meta["maximum"]() if callable(meta["maximum"]) else meta["maximum"]
-    bounds = [(meta["minimum"], ">", lambda v, b: v >= b), (meta["above"], ">", lambda v, b: v > b),
-              (maximum, "<", lambda v, b: v <= b), (meta["below"], "<", lambda v, b: v < b)]
-    if not all(bound is None or holds(value, bound) for bound, _, holds in bounds):
-        allowed = " and ".join(f"{op}{'=' * (i % 2 == 0)} {b}" for i, (b, op, _) in enumerate(bounds)
-                               if b is not None)
+    bounds = [(bound, text, holds) for bound, text, holds in ((meta["minimum"], ">=", operator.ge),
+              (meta["above"], ">", operator.gt), (maximum, "<=", operator.le), (meta["below"], "<", operator.lt))
+              if bound is not None]
+    if not all(holds(value, bound) for bound, _, holds in bounds):
+        allowed = " and ".join(f"{text} {bound}" for bound, text, _ in bounds)
         where = " (the cores here, or NUMBA_NUM_THREADS)" if meta["maximum"] is cores else ""
         raise SettingsError(f"{flag(f.name)} must be {allowed}{where}, got {value}")
 

@@ -35,8 +35,13 @@ def atomic_write(path, data):
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.filename is None:  # a full disk: say which file
-            raise OSError(e.errno, f"cannot write ({e.strerror or e})", str(path)) from None
+            raise write_error(e, path) from None
         raise
+
+
+def write_error(e, path):
+    """An OSError raised while writing (a full disk), naming the file it was for."""
+    return OSError(e.errno, f"cannot write ({e.strerror or e})", str(path))
 
 
 def write_json(path, obj):

@@ -15,7 +15,7 @@ from .data import check_pair, load_mnist, preprocess, shift_images, validation_s
 from .distributed import GradientExchange, SingleProcess, check_replicas, world
 from .env import environment, set_threads
 from .errors import FastLeNetError, WeightsError
-from .evaluation import predict_proba
+from .evaluation import CHUNK, predict_proba
 from .losses import SoftmaxCrossEntropy
 from .models import LeNet5, forward_backward
 from .optim import make_optimizer
@@ -66,7 +66,7 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer, self.model.params, config.lr, config.momentum)
         self.exchange = GradientExchange(comm, self.model.params) if comm.size > 1 else None
         self.loss = SoftmaxCrossEntropy()
-        self.rng = np.random.default_rng([config.seed, 0x5EED])  # data order only
+        self.rng = data_order_rng(config.seed)
         self.epoch, self.batch_in_epoch, self.iteration = 0, 0, 0
         self.epoch_rng_state = self.rng.bit_generator.state
         self.epoch_seconds, self.checkpoint_iteration = [], None
@@ -205,6 +205,11 @@ class Trainer:
         metrics({"type": "eval", "iteration": self.iteration, "epoch": self.epoch + 1, "val_accuracy": accuracy})
 
 
+def data_order_rng(seed):
+    """The generator of the run's batch order (and of nothing else)."""
+    return np.random.default_rng([seed, 0x5EED])
+
+
 def new_model(config, seed):
     model = LeNet5(config.backend, np.dtype(config.dtype), seed=seed)
     model.normalize = config.normalize
@@ -236,7 +241,7 @@ def warm_up(trainer, eval_sizes):
     return time.perf_counter() - start
 
 
-def evaluation_sizes(trainer, chunk=256):
+def evaluation_sizes(trainer, chunk=CHUNK):
     """The batch sizes predict_proba meets in a run: whole chunks and each set's remainder."""
     sets = (len(trainer.val_idx), len(trainer.data.test_images), len(trainer.train_idx))
     return [min(chunk, n) for n in sets] + [n % chunk for n in sets]
@@ -246,7 +251,7 @@ def reference_step_seconds(trainer, steps=3):
     """Seconds per step of the reference (loop) backend on this run's first batches,
     on a throwaway model and optimizer: the run itself is not touched."""
     cfg = trainer.config
-    order = np.random.default_rng([cfg.seed, 0x5EED]).permutation(trainer.train_idx)
+    order = data_order_rng(cfg.seed).permutation(trainer.train_idx)  # the run's first epoch
     model = LeNet5("reference", trainer.dtype, seed=cfg.seed)
     optimizer = make_optimizer(cfg.optimizer, model.params, cfg.lr, cfg.momentum)
     batches = [trainer.batch(order[k * cfg.batch_size:(k + 1) * cfg.batch_size]) for k in range(steps)]

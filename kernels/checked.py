@@ -36,7 +36,8 @@ def check_kind(where, name, a, kind, float_dtype):
         if float_dtype is not None and a.dtype != float_dtype:
             raise KernelArgumentError(f"{where}: {name} is {a.dtype}, the other float arrays {float_dtype}")
         return a.dtype
-    if kind == "int" and not np.issubdtype(a.dtype, np.integer) or kind not in ("int", "float") and a.dtype != kind:
+    fits = np.issubdtype(a.dtype, np.integer) if kind == "int" else a.dtype == kind
+    if not fits:
         raise KernelArgumentError(f"{where}: {name} must be {kind}, got {a.dtype}")
     return float_dtype
 
