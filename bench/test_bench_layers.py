@@ -4,8 +4,11 @@ with `impl` as the parameter, so each group's table shows the speedup.
     pytest bench/ --benchmark-only --benchmark-group-by=group,param:dtype,param:batch
 """
 
+import numpy as np
 import pytest
 
+from fastlenet.augment import distort
+from fastlenet.averaging import WeightAverage
 from fastlenet.workloads import LAYERS, gradient_like, layer_case, synthetic_batch, train_step, training_setup
 from conftest import MATRIX
 
@@ -36,3 +39,19 @@ def test_inference(benchmark, measure, impl, dtype, batch):
     measure(impl, lambda: model.forward(x))
     if benchmark.stats:  # None under --benchmark-disable
         benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("part", ["train-step", "ema-update", "shift", "rotate-scale"])
+def test_recipe_costs(benchmark, measure, part):
+    """What a recipe adds to a batch-256 float32 step (fast): the weight average's update
+    (--ema) and the distortions (--shift; --rotate/--scale), beside the step itself."""
+    benchmark.group = "recipe-costs-256"
+    model, opt, loss = training_setup("fast", np.float32)
+    x, labels = synthetic_batch(256, np.float32)
+    rng = np.random.default_rng(0)
+    shifts, angles, scales = rng.integers(-2, 3, (256, 2)), rng.uniform(-10, 10, 256), rng.uniform(0.9, 1.1, 256)
+    average = WeightAverage(model.params, 0.999)
+    parts = {"train-step": lambda: train_step(model, opt, loss, x, labels), "ema-update": average.update,
+             "shift": lambda: distort(x, shifts, np.zeros(256), np.ones(256)),
+             "rotate-scale": lambda: distort(x, shifts, angles, scales)}
+    measure("fast", parts[part])

@@ -19,13 +19,15 @@ def add_data_dir(p):
 
 
 def build_parser():
-    from .settings import add_flags
+    from .settings import RECIPES, add_flags
     parser = argparse.ArgumentParser(prog="fastlenet", description="LeNet-5 on MNIST in NumPy + Numba.")
     parser.add_argument("--version", action="version", version=f"fastlenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train LeNet-5 (defaults: the spec's settings)")
     add_flags(t)
+    t.add_argument("--recipe", choices=list(RECIPES), help="start from a measured recipe (README, Results): spec "
+                                                          "(constant 1e-3), default, augmented; flags override it")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (flags given change its settings "
                                                        "where a resume may: see --epochs, --threads ...)")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out (once the new one can start)")
@@ -81,15 +83,17 @@ def build_parser():
 
 def cmd_train(args):
     from .env import hold_freed_memory
-    from .settings import TrainConfig, given
+    from .settings import SettingsError, from_recipe, given
     from .train import train
     changes = given(args)
     hold_freed_memory()  # process-wide, so the entry point sets it (see env.py)
+    if args.resume and args.recipe:
+        raise SettingsError(f"--recipe starts a new run; --resume {args.resume} continues with its own settings")
     if args.resume:
         summary = train(resume=args.resume, changes=changes, progress=progress_bar,
                         compare_reference=args.compare_reference)
     else:
-        summary = train(TrainConfig(**changes), overwrite=args.overwrite, progress=progress_bar,
+        summary = train(from_recipe(args.recipe or "default", changes), overwrite=args.overwrite, progress=progress_bar,
                         compare_reference=args.compare_reference)
     if summary is None:  # an MPI rank other than 0: rank 0 reports
         return

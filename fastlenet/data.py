@@ -233,12 +233,12 @@ def preprocess(images, dtype=np.float32, normalize=False):
     return out
 
 
-def shift_images(x, shifts):
+def shift_images(x, shifts, fill=0.0):
     """x (N, C, H, W) -> a copy with image k moved shifts[k] = (down, right) pixels,
-    zero-filled (nothing wraps round). The augmentation behind `--shift`."""
+    `fill` moving in (nothing wraps round). The augmentation behind `--shift`."""
     n, _, h, w = x.shape
     s = int(np.abs(shifts).max(initial=0))
-    padded = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)))
+    padded = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)), constant_values=fill)
     windows = sliding_window_view(padded, (h, w), axis=(2, 3))  # (N, C, 2s+1, 2s+1, H, W), a view
     # window (s - down, s - right) of image k is image k moved (down, right): one gather
     return windows[np.arange(n), :, s - shifts[:, 0], s - shifts[:, 1]]

@@ -15,6 +15,21 @@ def flat(a):
     return a.reshape(-1)
 
 
+def load_buffers(owner, name, params, arrays):
+    """Copies of `arrays`, one per parameter, each checked to have its parameter's shape and dtype."""
+    if len(arrays) != len(params):
+        raise ValueError(f"{owner}.load_state_dict: '{name}' has {len(arrays)} arrays for {len(params)} "
+                         f"parameters")
+    loaded = []
+    for i, (p, a) in enumerate(zip(params, arrays)):
+        a = np.asarray(a)
+        if a.shape != p.value.shape or a.dtype != p.value.dtype:
+            raise ValueError(f"{owner}.load_state_dict: {name}[{i}] is {a.dtype}{a.shape}, "
+                             f"expected {p.value.dtype}{p.value.shape}")
+        loaded.append(a.copy())
+    return loaded
+
+
 class Optimizer:
     """`buffers` names the state_dict entries that are lists of arrays (one per
     parameter); the other entries are scalars."""
@@ -34,17 +49,7 @@ class Optimizer:
         return [np.zeros_like(p.value) for p in self.params]
 
     def _load_buffers(self, name, arrays):
-        if len(arrays) != len(self.params):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: '{name}' has {len(arrays)} "
-                             f"arrays, the optimizer has {len(self.params)} parameters")
-        loaded = []
-        for i, (p, a) in enumerate(zip(self.params, arrays)):
-            a = np.asarray(a)
-            if a.shape != p.value.shape or a.dtype != p.value.dtype:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: {name}[{i}] is {a.dtype}{a.shape}, "
-                                 f"expected {p.value.dtype}{p.value.shape}")
-            loaded.append(a.copy())
-        return loaded
+        return load_buffers(type(self).__name__, name, self.params, arrays)
 
 
 class SGD(Optimizer):

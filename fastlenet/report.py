@@ -19,7 +19,7 @@ def smoothed_crossing(losses, threshold=0.1, window=20):
 
 def finish(trainer, run, compile_s):
     """Saves the weights and the figures of a finished run; returns its summary."""
-    data, model = trainer.data, trainer.model
+    data, model = trainer.data, trainer.evaluated_model()
     save_model(run.path / WEIGHTS_NAME, model)
     metrics = run.metrics()
     iters = [m for m in metrics if m["type"] == "iter"]
@@ -30,7 +30,7 @@ def finish(trainer, run, compile_s):
     train_probs = predict_proba(model, data.train_images[trainer.train_idx])
     figures(run.path, iters, evals, test, data, test_probs)
     train_seconds = float(sum(trainer.epoch_seconds))
-    return {
+    summary = {
         "test_accuracy": test["accuracy"],
         "validation_accuracy": evals[-1]["val_accuracy"] if evals else None,
         "train_accuracy": float((train_probs.argmax(axis=1) == data.train_labels[trainer.train_idx]).mean()),
@@ -46,6 +46,10 @@ def finish(trainer, run, compile_s):
         "backend": trainer.config.backend,
         "threads": trainer.threads,
     }
+    if trainer.average:  # what the average gained
+        live = predict_proba(trainer.model, data.test_images).argmax(axis=1)
+        summary["test_accuracy_without_ema"] = float((live == data.test_labels).mean())
+    return summary
 
 
 def figures(folder, iters, evals, test, data, test_probs):

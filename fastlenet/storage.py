@@ -1,8 +1,10 @@
 """Files that must never be half-written nor run code when read: atomic
 writes, and weights in safetensors (tensors plus a string header, no pickle)."""
 
+import hashlib
 import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -49,9 +51,37 @@ def write_json(path, obj):
 
 
 def save_tensors(path, tensors, metadata):
-    """tensors: name -> ndarray; metadata: name -> str (stored in the header)."""
-    atomic_write(path, safetensors_bytes({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                                         metadata={"format": WEIGHTS_FORMAT, **metadata}))
+    """tensors: name -> ndarray; metadata: name -> str (stored in the header, with the
+    tensors' digest). The same tensors and metadata give the same bytes."""
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    metadata = {"format": WEIGHTS_FORMAT, **metadata, DIGEST: digest(tensors)}
+    atomic_write(path, sorted_header(safetensors_bytes(tensors, metadata=metadata)))
+
+
+DIGEST = "tensors_sha256"
+
+
+def digest(tensors):
+    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def sorted_header(blob):
+    """safetensors bytes with the JSON header's keys sorted. The library writes its
+    metadata map in an order that changes from process to process; sorted, the same
+    tensors give the same file. Same keys and values, so the same length: the header's
+    padding and the data offsets stay as they are."""
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:
+        raise ValueError(f"sorted_header: the sorted header is longer ({len(text)} bytes) than the original ({length})")
+    return blob[:8] + text.ljust(length) + blob[8 + length:]
 
 
 def load_tensors(path):
@@ -75,6 +105,8 @@ def load_tensors(path):
     if metadata.get("format") != WEIGHTS_FORMAT:
         raise WeightsError(f"{path}: not a fastlenet weights file (format {metadata.get('format')!r}, "
                            f"expected {WEIGHTS_FORMAT!r})")
+    if DIGEST in metadata and metadata[DIGEST] != digest(tensors):  # files from before the digest have none
+        raise WeightsError(f"{path}: corrupt: its tensors do not match the digest written with them")
     return tensors, metadata
 
 
@@ -100,6 +132,11 @@ def load_model(path, backend="fast"):
     normalize = metadata.get("normalize", "false")  # weights from before it was recorded: unnormalised
     if normalize not in ("true", "false"):
         raise WeightsError(f"{path}: 'normalize' must be true or false, got {normalize!r}")
+    for name, a in sorted(tensors.items()):
+        bad = int(a.size - np.isfinite(a).sum()) if a.dtype.kind == "f" else 0
+        if bad:
+            raise WeightsError(f"{path}: '{name}' holds {bad} NaN or infinite values; weights must be finite "
+                               f"(a run that diverged?)")
     model = LeNet5(backend, dtype=dtype)
     model.normalize = normalize == "true"
     try:

@@ -28,8 +28,8 @@ from .env import hold_freed_memory
 from .errors import FastLeNetError
 from .train import CHECKPOINT, TrainConfig, train
 
-SUMMARY_COLUMNS = ["test_accuracy", "validation_accuracy", "train_accuracy", "seconds_per_epoch",
-                   "train_images_per_s", "iterations_to_loss_0.1", "final_loss"]
+SUMMARY_COLUMNS = ["test_accuracy", "test_accuracy_without_ema", "validation_accuracy", "train_accuracy",
+                   "seconds_per_epoch", "train_images_per_s", "iterations_to_loss_0.1", "final_loss"]
 
 
 class SweepError(FastLeNetError, ValueError):

@@ -11,7 +11,9 @@ import time
 
 import numpy as np
 
-from .data import check_pair, load_mnist, preprocess, shift_images, validation_split
+from .averaging import WeightAverage
+from .augment import augmenting, distort, distorted_epochs, draws
+from .data import check_pair, load_mnist, preprocess, validation_split
 from .distributed import GradientExchange, SingleProcess, check_replicas, world
 from .env import environment, set_threads
 from .errors import FastLeNetError, WeightsError
@@ -65,6 +67,8 @@ class Trainer:
         self.model = new_model(config, config.seed)
         self.optimizer = make_optimizer(config.optimizer, self.model.params, config.lr, config.momentum)
         self.exchange = GradientExchange(comm, self.model.params) if comm.size > 1 else None
+        self.average = WeightAverage(self.model.params, config.ema) if config.ema else None
+        self.averaged = new_model(config, config.seed) if config.ema else None
         self.loss = SoftmaxCrossEntropy()
         self.rng = data_order_rng(config.seed)
         self.epoch, self.batch_in_epoch, self.iteration = 0, 0, 0
@@ -76,35 +80,37 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------
     POSITION = ("iteration", "epoch", "batch_in_epoch", "epoch_rng_state", "epoch_seconds")
 
+    def stateful(self):
+        """The checkpoint's parts besides the weights: prefix -> object with buffers and a state_dict."""
+        return {"optimizer": self.optimizer, **({"ema": self.average} if self.average else {})}
+
     def save_checkpoint(self):
-        """Weights, optimizer state, data-order RNG and position (rank 0 writes: all ranks
-        hold the same state). Optimizer buffers are tensors "optimizer.NAME.I"; its
-        scalars and the position go to the JSON state."""
+        """Weights, optimizer (and average) state, data-order RNG and position (rank 0
+        writes: all ranks hold the same state)."""
         self.checkpoint_iteration = self.iteration
         if self.comm.rank != 0:
             return
-        opt = self.optimizer.state_dict()
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        for name in self.optimizer.buffers:
-            tensors.update({f"optimizer.{name}.{i}": a for i, a in enumerate(opt[name])})
-        state = {k: getattr(self, k) for k in self.POSITION}
-        state.update(optimizer={k: v for k, v in opt.items() if k not in self.optimizer.buffers},
-                     config=self.config.to_dict())
+        tensors, state = pack_state(self.model, self.stateful())
+        state.update({k: getattr(self, k) for k in self.POSITION}, config=self.config.to_dict())
         self.run_dir.save_checkpoint(tensors, state, model_metadata(self.model))
 
     def load_checkpoint(self):
         tensors, state = self.run_dir.load_checkpoint()
         try:
-            self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-            opt = dict(state["optimizer"])
-            for name in self.optimizer.buffers:
-                opt[name] = [tensors[f"optimizer.{name}.{i}"] for i in range(len(self.model.params))]
-            self.optimizer.load_state_dict(opt)
+            unpack_state(tensors, state, self.model, self.stateful())
             for k in self.POSITION:
                 setattr(self, k, state[k])
         except (KeyError, ValueError, TypeError) as e:
             raise WeightsError(f"{self.run_dir.path / CHECKPOINT}: checkpoint does not fit this run ({e})") from None
         self.checkpoint_iteration = self.iteration
+
+    def evaluated_model(self):
+        """The model validation, the test and the saved weights see: the weights, or with
+        --ema their average (written into a second model, so training is not touched)."""
+        if not self.average:
+            return self.model
+        self.average.copy_to(self.averaged)
+        return self.averaged
 
     # -- the loop ---------------------------------------------------------------------------
     def batch(self, idx):
@@ -127,6 +133,8 @@ class Trainer:
                 if not math.isfinite(loss):
                     raise TrainingStopped(self.non_finite_message(loss))
                 self.optimizer.step()
+                if self.average:
+                    self.average.update()
                 step_s = time.perf_counter() - t0
                 train_time, seen, correct = train_time + step_s, seen + len(idx), correct + batch_correct
                 self.iteration, self.batch_in_epoch = self.iteration + 1, self.batch_in_epoch + 1
@@ -175,8 +183,9 @@ class Trainer:
         mine = self.my_share(idx)
         if len(mine):
             x, y = self.batch(mine)
-            if self.config.shift:
-                x = shift_images(x, self.my_share(self.shifts(len(idx))))
+            if self.epoch < distorted_epochs(self.config):
+                draw = draws(self.config, self.iteration, len(idx))
+                x = distort(x, *(self.my_share(a) for a in draw), normalize=self.config.normalize)
             loss, logits = forward_backward(self.model, self.loss, x, y)
             correct = int((logits.argmax(axis=1) == y).sum())
         else:  # a last batch smaller than the number of ranks
@@ -192,17 +201,35 @@ class Trainer:
     def my_share(self, a):
         return a if self.exchange is None else np.array_split(a, self.comm.size)[self.comm.rank]
 
-    def shifts(self, n):
-        """Drawn for the global batch from (seed, step): the same on every rank, and on resume."""
-        s, rng = self.config.shift, np.random.default_rng([self.config.seed, 0x5817F, self.iteration])
-        return rng.integers(-s, s + 1, (n, 2))
-
     def record_validation(self, metrics):
         if not len(self.val_idx) or self.comm.rank != 0:
             return
-        probs = predict_proba(self.model, self.data.train_images[self.val_idx])
+        probs = predict_proba(self.evaluated_model(), self.data.train_images[self.val_idx])
         accuracy = float((probs.argmax(axis=1) == self.data.train_labels[self.val_idx]).mean())
         metrics({"type": "eval", "iteration": self.iteration, "epoch": self.epoch + 1, "val_accuracy": accuracy})
+
+
+def pack_state(model, parts):
+    """(tensors, JSON state) of a model and its stateful parts (prefix -> object with
+    `buffers` and a state_dict): weights are "model.NAME", buffers "PREFIX.NAME.I",
+    a part's scalars go to state[PREFIX]."""
+    tensors, state = {f"model.{k}": v for k, v in model.state_dict().items()}, {}
+    for prefix, part in parts.items():
+        values = part.state_dict()
+        for name in part.buffers:
+            tensors.update({f"{prefix}.{name}.{i}": a for i, a in enumerate(values[name])})
+        state[prefix] = {k: v for k, v in values.items() if k not in part.buffers}
+    return tensors, state
+
+
+def unpack_state(tensors, state, model, parts):
+    """pack_state's inverse, into the model and parts given (KeyError/ValueError if they do not fit)."""
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for prefix, part in parts.items():
+        values = dict(state[prefix])
+        for name in part.buffers:
+            values[name] = [tensors[f"{prefix}.{name}.{i}"] for i in range(len(model.params))]
+        part.load_state_dict(values)
 
 
 def data_order_rng(seed):
@@ -232,8 +259,8 @@ def warm_up(trainer, eval_sizes):
         sizes, eval_sizes = {min(2, len(trainer.train_idx))}, []
     for n in sorted(sizes - {0}):
         x, y = trainer.batch(trainer.train_idx[:n])
-        if cfg.shift:
-            x = shift_images(x, np.zeros((n, 2), np.int64))
+        if augmenting(cfg):
+            x = distort(x, *draws(cfg, 0, n), normalize=cfg.normalize)
         forward_backward(model, loss, x, y)
         optimizer.step()
     for n in sorted(set(eval_sizes) - {0}):

@@ -13,6 +13,7 @@ the output buffers they are given. Installed as `fastlenet.kernels`.
 | ReLU                       | relu.py      | relu_forward, relu_backward                    | ReLU                  | test_layers            |
 | SoftmaxCrossEntropy        | softmax.py   | softmax_cross_entropy                          | the NumPy formula     | test_kernels           |
 | Adam (optim.py)            | adam.py      | adam_update                                    | NumPy's formula       | test_model             |
+| --rotate/--scale (augment) | warp.py      | affine_warp (bilinear resampling)              | a tent-filter sum     | test_augment           |
 
 The names here are checked entry points (checked.py: shapes, dtypes, contiguity
 -> a one-line KernelArgumentError); `.kernel` is the compiled kernel, which the
@@ -22,7 +23,7 @@ blocks use. Every parallel loop is partitioned so that each output element has
 exactly one writer, so results do not depend on the Numba thread count.
 """
 
-from . import adam, col2im as _col2im, conv, im2col, pool, relayout, relu, softmax
+from . import adam, col2im as _col2im, conv, im2col, pool, relayout, relu, softmax, warp
 from .checked import KernelArgumentError, entry
 
 SPECS = {  # kernel -> its arguments (see checked.py)
@@ -46,6 +47,7 @@ SPECS = {  # kernel -> its arguments (see checked.py)
     relu.relu_forward: "x:float[S]:c, out:float[S]:c:out, mask:bool[S]:c:out",
     relu.relu_backward: "dy:float[S], mask:bool[S], dx:float[S]:out",
     softmax.softmax_cross_entropy: "logits:float[N K], labels:int[N], probs:float[N K]:out",
+    warp.affine_warp: "x:float[N C H W], inverse:float64[N TWO THREE], fill, out:float[N C OH OW]:out",
 }
 globals().update({kernel.__name__: entry(kernel, spec) for kernel, spec in SPECS.items()})
 

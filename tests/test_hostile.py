@@ -3,6 +3,8 @@ documented exception, nothing else."""
 
 import gzip
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -97,3 +99,42 @@ def test_a_genuine_file_whose_header_length_looks_like_a_pickle_loads(tmp_path, 
     else:
         pytest.fail("no padding gave that header length")
     assert load_model(path).forward(np.zeros((1, 1, 32, 32), np.float32)).shape == (1, 10)
+
+
+def data_section(raw):
+    (length,) = struct.unpack("<Q", raw[:8])
+    return 8 + length, len(raw)
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_corrupted_tensor_bytes_are_refused_naming_the_file(tmp_path, where):
+    """The bytes of a tensor carry no structure safetensors could check: the digest does."""
+    path = tmp_path / "model.safetensors"
+    save_model(path, LeNet5())
+    raw = bytearray(path.read_bytes())
+    start, end = data_section(raw)
+    at = {"first": start, "middle": (start + end) // 2, "last": end - 64}[where]
+    raw[at:at + 64] = bytes(b ^ 0x5A for b in raw[at:at + 64])
+    path.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match=f"{path}: corrupt: its tensors do not match the digest"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused(tmp_path, value):
+    model = LeNet5()
+    model.f6.weight.value[3, 7] = value
+    save_model(tmp_path / "w.safetensors", model)
+    with pytest.raises(WeightsError, match="'f6.weight' holds 1 NaN or infinite values; weights must be finite"):
+        load_model(tmp_path / "w.safetensors")
+
+
+def test_the_same_weights_give_the_same_bytes_in_every_process(tmp_path):
+    """The safetensors library orders its header's metadata differently in each process."""
+    script = ("import sys; from fastlenet.models import LeNet5; from fastlenet.storage import save_model; "
+              "m = LeNet5(seed=3); m.normalize = True; save_model(sys.argv[1], m, {'note': 'same'})")
+    files = [tmp_path / f"{k}.safetensors" for k in range(3)]
+    for f in files:
+        subprocess.run([sys.executable, "-c", script, str(f)], check=True)
+    assert len({f.read_bytes() for f in files}) == 1
+    assert load_model(files[0]).normalize

@@ -200,7 +200,7 @@ def test_optimizer_state_round_trip(make):
     bad = opt.state_dict()
     key = "exp_avg" if "exp_avg" in bad else "momentum_buffers"
     bad[key] = bad[key][:1]
-    with pytest.raises(ValueError, match=f"'{key}' has 1 arrays, the optimizer has 2 parameters"):
+    with pytest.raises(ValueError, match=f"'{key}' has 1 arrays for 2 parameters"):
         clone.load_state_dict(bad)
 
 

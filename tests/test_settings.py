@@ -16,7 +16,7 @@ import pytest
 
 from fastlenet.cli import main
 from fastlenet.evaluation import predict_proba, report
-from fastlenet.settings import SettingsError, TrainConfig
+from fastlenet.settings import RECIPES, SettingsError, TrainConfig, from_recipe
 from fastlenet.storage import load_model, load_tensors
 from fastlenet.train import StopFlag, Trainer, TrainingStopped, evaluation_sizes, load_data, train, warm_up
 from fastlenet.distributed import SingleProcess
@@ -44,6 +44,11 @@ BAD = [
     (["--val-size", "-1"], "--val-size must be >= 0, got -1"),
     (["--shift", "5"], "--shift must be >= 0 and <= 4, got 5"),
     (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
+    (["--ema", "1"], "--ema must be >= 0.0 and < 1.0, got 1.0"),
+    (["--rotate", "45"], "--rotate must be >= 0.0 and <= 30.0, got 45.0"),
+    (["--clean-fraction", "1.5"], "--clean-fraction must be >= 0.0 and <= 1.0, got 1.5"),
+    (["--recipe", "spec", "--lr", "0"], "--lr must be > 0.0, got 0.0"),
+    (["--recipe", "augmented", "--resume", "somewhere"], "--recipe starts a new run; --resume somewhere continues"),
     (["--deterministic", "--blas-threads", "2"], "--deterministic needs --blas-threads 1, got 2"),
 ]
 
@@ -93,8 +98,17 @@ def test_normalize_travels_with_the_weights(tmp_path):
     assert load_tensors(tmp_path / "run" / "checkpoint.safetensors")[1]["normalize"] == "true"
 
 
+def test_a_recipe_is_a_starting_point_that_flags_override(tmp_path):
+    assert from_recipe("spec") == TrainConfig(lr_schedule="constant", lr=1e-3, shift=0)
+    assert from_recipe("default") == TrainConfig()
+    augmented = from_recipe("augmented", {"seed": 4, "shift": 1})
+    assert augmented.seed == 4 and augmented.shift == 1 and augmented.rotate == RECIPES["augmented"]["rotate"]
+    with pytest.raises(SettingsError, match="--recipe must be one of spec, default, augmented, got 'best'"):
+        from_recipe("best")
+
+
 def test_resume_applies_what_it_may_and_refuses_the_rest(tmp_path):
-    train(small(tmp_path, checkpoint_every=2), data=DATA)
+    train(small(tmp_path, checkpoint_every=2, lr_schedule="constant", shift=0), data=DATA)
     run = tmp_path / "run"
     (run / "summary.json").unlink()  # pretend it stopped after its first epoch
     with pytest.raises(SettingsError, match=r"cannot change --batch-size, --lr, --optimizer \(a resume may change "
@@ -103,7 +117,7 @@ def test_resume_applies_what_it_may_and_refuses_the_rest(tmp_path):
     summary = train(resume=run, data=DATA, changes={"epochs": 2, "threads": 1, "quiet": True})
     assert summary["epochs"] == 2 and summary["iterations"] == 16
     assert summary["threads"]["numba"] == 1
-    whole = train(small(tmp_path, "whole", epochs=2, checkpoint_every=2), data=DATA)
+    whole = train(small(tmp_path, "whole", epochs=2, checkpoint_every=2, lr_schedule="constant", shift=0), data=DATA)
     assert summary["final_loss"] == whole["final_loss"]  # extending a constant-rate run is the longer run
 
 
@@ -111,6 +125,13 @@ def test_resume_cannot_stretch_a_schedule_that_depends_on_the_length(tmp_path):
     train(small(tmp_path, lr_schedule="cosine"), data=DATA)
     (tmp_path / "run" / "summary.json").unlink()
     with pytest.raises(SettingsError, match="--epochs cannot change on resume with --lr-schedule cosine"):
+        train(resume=tmp_path / "run", data=DATA, changes={"epochs": 3})
+
+
+def test_resume_cannot_stretch_the_distorted_epochs(tmp_path):
+    train(small(tmp_path, lr_schedule="constant", shift=1, clean_fraction=0.5), data=DATA)
+    (tmp_path / "run" / "summary.json").unlink()
+    with pytest.raises(SettingsError, match="--epochs cannot change on resume with --clean-fraction 0.5"):
         train(resume=tmp_path / "run", data=DATA, changes={"epochs": 3})
 
 
@@ -164,11 +185,12 @@ def compiled_signatures():
 
 
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="counts compiled kernels")
-@pytest.mark.parametrize("batch_size, shift", [(64, 0), (50, 2), (20, 0)])
-def test_after_the_warm_up_training_compiles_nothing(tmp_path, batch_size, shift):
+@pytest.mark.parametrize("batch_size, augment", [(64, {}), (50, {"shift": 2}), (20, {}),
+                                                (30, {"rotate": 10.0, "scale": 0.1})])
+def test_after_the_warm_up_training_compiles_nothing(tmp_path, batch_size, augment):
     """The warm-up covers every kernel a run calls: its steps (the optimizer included, at
     the batch size and at the last, smaller one) and its evaluations."""
-    config = small(tmp_path, batch_size=batch_size, shift=shift, optimizer="sgd", momentum=0.5, lr=0.01)
+    config = small(tmp_path, batch_size=batch_size, **augment, optimizer="sgd", momentum=0.5, lr=0.01)
     data, train_idx, val_idx = load_data(config, DATA, None)
     run = RunDir.create(config.out)
     trainer = Trainer(config, run, data, train_idx, val_idx, {}, SingleProcess())
@@ -226,8 +248,8 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_records_past_the_checkpoint_and_a_torn_line_are_dropped_on_resume(tmp_path):
-    whole = train(small(tmp_path, "whole", epochs=2), data=DATA)
-    train(small(tmp_path), data=DATA)  # one epoch: its checkpoint is at iteration 8
+    whole = train(small(tmp_path, "whole", epochs=2, lr_schedule="constant", shift=0), data=DATA)
+    train(small(tmp_path, lr_schedule="constant", shift=0), data=DATA)  # one epoch: its checkpoint is at iteration 8
     run = tmp_path / "run"
     (run / "summary.json").unlink()
     with open(run / "metrics.jsonl", "a") as f:  # a crash (or a full disk) after the checkpoint, mid-line

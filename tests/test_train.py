@@ -2,11 +2,17 @@
 
 import json
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from fastlenet.augment import distorted_epochs
+from fastlenet.averaging import WeightAverage
+from fastlenet.core import Parameter
 from fastlenet.errors import WeightsError
+from fastlenet.evaluation import predict_proba
+from fastlenet.models import LeNet5
 from fastlenet.storage import load_model, load_tensors
 from fastlenet.train import ConfigError, TrainConfig, TrainingStopped, learning_rate, train
 from conftest import synthetic_mnist
@@ -33,7 +39,7 @@ def test_run_directory_holds_everything(tmp_path):
     assert [r["iteration"] for r in iters] == list(range(1, 17))  # 500 images / 64 -> 8 batches x 2 epochs
     assert sum(r["type"] == "eval" for r in records) == 2 + 2  # every 4 iterations within an epoch + each epoch end
     stored = json.loads((run / "config.json").read_text())
-    assert stored["config"]["lr"] == 1e-3 and len(stored["data"]["validation_indices"]) == 100
+    assert stored["config"]["lr"] == 6e-3 and stored["config"]["lr_schedule"] == "onecycle" and len(stored["data"]["validation_indices"]) == 100
     assert stored["environment"]["numba"] and stored["threads"]["blas"] == 1
     assert summary == json.loads((run / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.9 and summary["train_accuracy"] > 0.9  # the synthetic classes are easy
@@ -118,6 +124,18 @@ def test_resume_refuses_a_checkpoint_that_is_not_one(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_resume_refuses_a_checkpoint_whose_tensors_were_corrupted(tmp_path):
+    train(config(tmp_path, epochs=1), data=DATA)
+    run = tmp_path / "run"
+    (run / "summary.json").unlink()  # pretend it stopped
+    raw = bytearray((run / "checkpoint.safetensors").read_bytes())
+    middle = (8 + int.from_bytes(raw[:8], "little") + len(raw)) // 2
+    raw[middle:middle + 64] = bytes(64)
+    (run / "checkpoint.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match="checkpoint.safetensors: corrupt: its tensors do not match the digest"):
+        train(TrainConfig(quiet=True), resume=run, data=DATA)
+
+
 def test_non_finite_loss_stops_with_the_iteration(tmp_path):
     with pytest.raises(TrainingStopped, match=r"loss is (nan|inf) at iteration \d+ \(epoch 1\)"):
         train(config(tmp_path, optimizer="sgd", lr=1e12), data=DATA)
@@ -161,7 +179,7 @@ def test_cosine_schedule_runs_from_lr_towards_zero():
     assert learning_rate(cfg, 0, 100) == 1e-3
     assert learning_rate(cfg, 50, 100) == pytest.approx(5e-4)
     assert 0 < learning_rate(cfg, 99, 100) < 1e-6
-    assert learning_rate(TrainConfig(lr=1e-3), 99, 100) == 1e-3
+    assert learning_rate(TrainConfig(lr=1e-3, lr_schedule="constant"), 99, 100) == 1e-3
 
 
 def test_onecycle_warms_up_linearly_then_decays_to_min_lr():
@@ -178,10 +196,11 @@ def test_onecycle_needs_min_lr_below_lr():
         TrainConfig(lr=1e-5, lr_schedule="onecycle").check()
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
-def test_schedule_and_shifts_train_and_resume_bit_exactly(tmp_path, schedule):
-    """The recipe options are functions of (seed, step): a stopped run resumes to the same bits."""
-    extra = dict(epochs=2, lr_schedule=schedule, shift=2, quiet=False)  # onecycle: stopped inside its warm-up
+@pytest.mark.parametrize("schedule, ema", [("cosine", 0.0), ("onecycle", 0.0), ("onecycle", 0.9)])
+def test_schedule_and_shifts_train_and_resume_bit_exactly(tmp_path, schedule, ema):
+    """The recipe options are functions of (seed, step), or checkpointed (the average):
+    a stopped run resumes to the same bits."""
+    extra = dict(epochs=2, lr=1e-3, lr_schedule=schedule, shift=2, ema=ema, quiet=False)  # stopped inside the warm-up
     whole = train(config(tmp_path, "whole", **extra), data=DATA, progress=SignalAfter(0, signal.SIGINT))
     SignalAfter.count = 0
     with pytest.raises(TrainingStopped):
@@ -200,3 +219,50 @@ def test_schedule_and_shifts_train_and_resume_bit_exactly(tmp_path, schedule):
         assert all(a > b for a, b in zip(lrs[7:], lrs[8:])) and lrs[-1] == pytest.approx(1e-5)
     plain = train(config(tmp_path, "plain", epochs=2), data=DATA)
     assert plain["final_loss"] != whole["final_loss"]  # the options change the run
+
+
+def test_ema_is_the_bias_corrected_average_of_the_steps():
+    decay, values = 0.9, [np.full(3, v, np.float32) for v in (1.0, 5.0, -2.0)]
+    p = Parameter(np.zeros(3, np.float32))
+    average, model = WeightAverage([p], decay), SimpleNamespace(params=[Parameter(np.full(3, np.nan, np.float32))])
+    for k, v in enumerate(values, 1):
+        p.value[...] = v
+        average.update()
+        average.copy_to(model)
+        weights = [(1 - decay) * decay ** (k - i) for i in range(1, k + 1)]
+        expected = sum(w * float(v[0]) for w, v in zip(weights, values)) / (1 - decay ** k)
+        assert model.params[0].value.dtype == np.float32
+        np.testing.assert_allclose(model.params[0].value, expected, rtol=1e-6)
+    assert np.isclose(expected, (0.081 * 1 + 0.09 * 5 + 0.1 * -2) / (1 - 0.729))  # by hand: 1.2214
+    assert average.shadow[0].dtype == np.float32 and p.value[0] == -2.0  # training weights untouched
+
+
+def test_ema_run_saves_and_tests_the_average(tmp_path):
+    summary = train(config(tmp_path, ema=0.99, epochs=1), data=DATA)
+    saved = load_tensors(tmp_path / "run" / "model.safetensors")[0]
+    tensors, _ = load_tensors(tmp_path / "run" / "checkpoint.safetensors")
+    steps = 8  # 540 images at batch 64
+    for i, name in enumerate(LeNet5().named_params):  # the checkpoint's buffers are in parameter order
+        live, shadow = tensors[f"model.{name}"], tensors[f"ema.shadow.{i}"]
+        assert not np.array_equal(saved[name], live)
+        np.testing.assert_array_equal(saved[name], shadow / np.float32(1 - 0.99 ** steps))
+    model = load_model(tmp_path / "run" / "model.safetensors")
+    assert summary["test_accuracy"] == (predict_proba(model, DATA.test_images).argmax(1) == DATA.test_labels).mean()
+
+
+def test_ema_decay_must_be_below_one():
+    with pytest.raises(ConfigError, match=r"--ema must be >= 0.0 and < 1.0, got 1.0"):
+        TrainConfig(ema=1.0).check()
+
+
+def test_the_last_clean_fraction_of_the_epochs_sees_undistorted_images(tmp_path):
+    def weights(name, **settings):
+        train(config(tmp_path, name, **settings), data=DATA)
+        return load_tensors(tmp_path / name / "model.safetensors")[0]
+
+    plain, all_clean = weights("plain", shift=0), weights("all-clean", rotate=10.0, clean_fraction=0.8)  # 1.6 -> 2
+    last_clean, distorted = (weights(name, rotate=10.0, clean_fraction=f) for name, f in (("last", 0.5), ("all", 0.0)))
+    assert all(np.array_equal(plain[k], all_clean[k]) for k in plain)
+    assert not any(np.array_equal(last_clean[k], w[k]) for k in plain for w in (plain, distorted))
+    assert [distorted_epochs(TrainConfig(epochs=e)) for e in (1, 2, 3, 10)] == [0, 1, 1, 4]  # the default 0.6
+    assert distorted_epochs(TrainConfig(shift=0)) == 0
