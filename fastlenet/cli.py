@@ -8,6 +8,12 @@ from . import __version__
 from .errors import FastLeNetError
 
 
+class PredictFailed(FastLeNetError):
+    """Some images of a predict call could not be read: each was reported on its own line."""
+
+    reported = True
+
+
 def progress_bar(**kwargs):
     from tqdm import tqdm
     return tqdm(leave=False, dynamic_ncols=True, **kwargs)
@@ -18,13 +24,9 @@ def add_data_dir(p):
                                       "~/.cache/fastlenet/mnist; downloaded there when missing)")
 
 
-def build_parser():
+def add_train(sub):
     from .settings import RECIPES, add_flags
-    parser = argparse.ArgumentParser(prog="fastlenet", description="LeNet-5 on MNIST in NumPy + Numba.")
-    parser.add_argument("--version", action="version", version=f"fastlenet {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train LeNet-5 (defaults: the spec's settings)")
+    t = sub.add_parser("train", help="train LeNet-5 (defaults and recipes: README, Results)")
     add_flags(t)
     t.add_argument("--recipe", choices=list(RECIPES), help="start from a measured recipe (README, Results): spec "
                                                           "(constant 1e-3), default, augmented; flags override it")
@@ -33,6 +35,13 @@ def build_parser():
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out (once the new one can start)")
     t.add_argument("--compare-reference", action="store_true",
                    help="time 3 reference-backend steps on this run's first batches; record the speedup")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fastlenet", description="LeNet-5 on MNIST in NumPy + Numba.")
+    parser.add_argument("--version", action="version", version=f"fastlenet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train(sub)
 
     e = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
     e.add_argument("weights", metavar="RUN_DIR_OR_WEIGHTS")
@@ -64,6 +73,8 @@ def build_parser():
     w.add_argument("--out", help="sweep directory (default sweeps/<grid name>)")
     w.add_argument("--workers", type=int, default=2, help="points trained at once")
     w.add_argument("--threads", type=int, default=1, help="Numba threads per point (default 1)")
+    w.add_argument("--overwrite", action="store_true",
+                   help="run again the points whose folders hold a run of other settings")
     w.add_argument("--executor", choices=["process", "mpi"], default="process",
                    help="mpi: mpi4py's MPIPoolExecutor, under mpiexec ... python -m mpi4py.futures")
     add_data_dir(w)
@@ -124,21 +135,31 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
+    """Each image's top digits; an image that cannot be read is reported on its own line
+    (and in --json) without stopping the others, and makes the exit status 1."""
     from .data import preprocess
     from .evaluation import softmax
-    from .predict import load_grayscale, mnist_style, top_classes
+    from .predict import ImageError, load_grayscale, mnist_style, top_classes
     from .storage import load_model, weights_path
     model = load_model(weights_path(args.weights))
     results = []
     for path in args.images:
-        digit = mnist_style(load_grayscale(path))
+        try:
+            digit = mnist_style(load_grayscale(path), path)
+        except ImageError as e:
+            results.append({"image": path, "error": str(e)})
+            continue
         probs = softmax(model.forward(preprocess(digit[None], model.dtype, model.normalize)))[0]
         results.append({"image": path, "top": top_classes(probs)})
     if args.json:
         print(json.dumps(results))
-        return
     for r in results:
-        print(f"{r['image']}: " + ", ".join(f"{t['digit']} ({t['probability']:.1%})" for t in r["top"]))
+        if "error" in r:
+            print(f"fastlenet: error: {r['error']}", file=sys.stderr)
+        elif not args.json:
+            print(f"{r['image']}: " + ", ".join(f"{t['digit']} ({t['probability']:.1%})" for t in r["top"]))
+    if any("error" in r for r in results):
+        raise PredictFailed("images could not be read")
 
 
 def cmd_data(args):
@@ -180,14 +201,21 @@ def cmd_profile(args):
 
 
 def cmd_sweep(args):
-    from .sweep import run_sweep
+    from .sweep import SweepError, run_sweep
     positive(workers=args.workers, threads=args.threads)
-    rows = run_sweep(args.grid, args.out, args.workers, args.executor, args.data_dir, args.threads)
+    rows = run_sweep(args.grid, args.out, args.workers, args.executor, args.data_dir, args.threads,
+                     overwrite=args.overwrite)
     width = max(len(r["point"]) for r in rows)
     print(f"{'point':<{width}}  test acc  s/epoch  iters to loss 0.1")
     for r in rows:
+        if r["status"] == "failed":
+            print(f"{r['point']:<{width}}  failed: {r['error']}")
+            continue
         print(f"{r['point']:<{width}}  {r['test_accuracy']:8.2%}  {r['seconds_per_epoch']:7.2f}  "
               f"{r['iterations_to_loss_0.1'] if r['iterations_to_loss_0.1'] is not None else '-':>17}")
+    failed = sum(r["status"] == "failed" for r in rows)
+    if failed:
+        raise SweepError(f"{failed} of {len(rows)} points failed (summary.csv has their errors)")
 
 
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
@@ -199,6 +227,8 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
     except FastLeNetError as e:
+        if getattr(e, "reported", False):
+            return 1
         return fail(f"fastlenet: error: {e}", getattr(e, "exit_code", 1))
     except OSError as e:
         return fail(f"fastlenet: error: {e.filename or ''}: {e.strerror or e}", 1)

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FastLeNetError
 
@@ -30,32 +30,41 @@ def load_grayscale(path):
         with Image.open(path) as im:
             if im.width * im.height > MAX_PIXELS:
                 raise ImageError(f"{path}: {im.width}x{im.height} pixels is over the limit of {MAX_PIXELS:,}")
+            im = ImageOps.exif_transpose(im)  # a phone's sideways photo, upright
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 pixels = np.asarray(im, np.float64)
                 pixels = pixels / max(float(pixels.max()), 1.0)
             else:
                 if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                    rgba = im.convert("RGBA")  # transparent pixels become background (white)
-                    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(white, rgba)
+                    im = on_background(im.convert("RGBA"))
                 pixels = np.asarray(im.convert("L"), np.float64) / 255.0
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
         raise ImageError(f"{path}: not a readable image ({e})") from None
     return pixels
 
 
+def on_background(rgba):
+    """An image with transparency, composited onto the background its ink is not: white
+    under dark ink, black under light ink (white chalk on a transparent layer)."""
+    alpha = np.asarray(rgba.getchannel("A"), np.float64) / 255.0
+    light = np.asarray(rgba.convert("L"), np.float64) / 255.0
+    ink_lightness = (light * alpha).sum() / alpha.sum() if alpha.sum() else 0.0
+    colour = (0, 0, 0, 255) if ink_lightness > 0.5 else (255, 255, 255, 255)
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, colour), rgba)
+
+
 def border(a):
     return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
 
 
-def mnist_style(pixels):
+def mnist_style(pixels, name="image"):
     """Grayscale [0, 1] -> uint8 (28, 28) the way MNIST was made: white digit on black,
     cropped to the digit, scaled to fit 20x20 keeping aspect, centred by centre of mass."""
     ink = 1.0 - pixels if border(pixels).mean() > 0.5 else pixels  # light background: invert
     ink = np.clip(ink - np.median(border(ink)), 0, 1)               # background level -> 0
     rows, cols = np.flatnonzero(ink.max(axis=1) > 0.2), np.flatnonzero(ink.max(axis=0) > 0.2)
     if not len(rows):
-        raise ImageError("no digit found: the image is blank")
+        raise ImageError(f"{name}: no digit found: the image is blank")
     ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = ink.shape
     scale = 20.0 / max(h, w)

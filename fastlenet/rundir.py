@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .errors import WeightsError
 from .settings import SettingsError
-from .storage import WEIGHTS_NAME, atomic_write, load_tensors, save_tensors, write_error, write_json
+from .storage import (WEIGHTS_NAME, atomic_write, load_tensors, remove_stale_temporaries, save_tensors, write_error,
+                      write_json)
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT, CHECKPOINT_STATE = "checkpoint.safetensors", "checkpoint.json"
@@ -114,6 +115,7 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
+        remove_stale_temporaries(self.path, RUN_FILES)
 
     def refusal(self, message):
         """Lets the directory go and returns the error to raise."""

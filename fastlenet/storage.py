@@ -26,8 +26,9 @@ def atomic_write(path, data):
     path = Path(path)
     if isinstance(data, str):
         data = data.encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a file should get the user's mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -39,6 +40,23 @@ def atomic_write(path, data):
         if isinstance(e, OSError) and e.filename is None:  # a full disk: say which file
             raise write_error(e, path) from None
         raise
+
+
+TEMPORARY = ".tmp"
+
+
+def current_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder, names):
+    """Deletes what killed atomic writes of `names` left in `folder` (call it while no other
+    writer can be there: a run directory once it is held)."""
+    for p in Path(folder).glob(f".*{TEMPORARY}"):
+        if any(p.name.startswith(f".{name}.") for name in names):
+            p.unlink(missing_ok=True)
 
 
 def write_error(e, path):
@@ -87,6 +105,9 @@ def sorted_header(blob):
 def load_tensors(path):
     """-> (tensors, metadata). Only safetensors is read: a pickle is refused, never unpickled."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read below forever
+        raise WeightsError(f"{path}: not a regular file (a folder, a FIFO or a device); weights are a "
+                           f".safetensors file")
     try:
         with open(path, "rb") as f:
             head = f.read(2)

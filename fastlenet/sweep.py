@@ -5,7 +5,10 @@ ProcessPoolExecutor on one machine; mpi4py's MPIPoolExecutor on a cluster
 Each point trains into its own run directory as soon as a worker is free;
 a point whose summary.json exists is finished and skipped on a rerun, and a
 point with a checkpoint resumes, so a killed sweep loses only the points in
-flight. The grid file:
+flight. A point is its settings: a folder that holds a run of other settings is
+refused (or, with --overwrite, run again), and every point's settings are checked
+before the first one trains. A failing point is recorded in summary.csv and the
+others go on. The grid file:
 
     [base]                   # TrainConfig settings shared by every point
     epochs = 10
@@ -26,6 +29,7 @@ from pathlib import Path
 from .distributed import SingleProcess
 from .env import hold_freed_memory
 from .errors import FastLeNetError
+from .settings import SettingsError
 from .train import CHECKPOINT, TrainConfig, train
 
 SUMMARY_COLUMNS = ["test_accuracy", "test_accuracy_without_ema", "validation_accuracy", "train_accuracy",
@@ -51,6 +55,9 @@ def read_grid(path):
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise SweepError(f"{path}: [grid] {key} must be a non-empty list, got {values!r}")
+        twice = [v for i, v in enumerate(values) if v in values[:i]]
+        if twice:
+            raise SweepError(f"{path}: [grid] {key} lists {twice[0]!r} twice: each point must be run once")
     points = []
     for combo in itertools.product(*grid.values()):
         settings = dict(zip(grid, combo))
@@ -59,14 +66,57 @@ def read_grid(path):
     return base, points
 
 
-def run_point(settings, out, data_dir):
-    """Trains one point (resuming it when a checkpoint is there) and returns its summary.
+# settings that say where and how fast a point runs, not what it computes
+NOT_IDENTITY = ("out", "quiet", "data_dir", "threads", "checkpoint_every")
+
+
+def plan(grid_path, base, points, out, data_dir, threads, overwrite):
+    """Every point's checked settings and what to do with it: "reuse" (finished with the
+    same settings), "resume", "run", or "rerun" (--overwrite over other settings), all
+    decided before anything trains. Raises SweepError naming the first point that cannot."""
+    todo = []
+    for name, settings in points:
+        where = f"{grid_path}: point {name}"
+        try:
+            config = TrainConfig.from_dict({"threads": threads, **base, **settings}, where)
+            config.out, config.quiet, config.data_dir = str(out / name), True, data_dir
+            config.check()
+        except SettingsError as e:
+            raise SweepError(e if str(e).startswith(where) else f"{where}: {e}") from None
+        todo.append((name, config, action(where, out / name, config, overwrite)))
+    return todo
+
+
+def action(where, folder, config, overwrite):
+    recorded = folder / "config.json"
+    if not recorded.exists():
+        return "run"
+    try:
+        old = json.loads(recorded.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        old = None
+    new = config.to_dict()
+    differ = sorted(k for k in set(new) | set(old or {}) if k not in NOT_IDENTITY
+                    and (old or {}).get(k) != new.get(k)) if old is not None else ["its config.json is unreadable"]
+    if not differ:
+        return "reuse" if (folder / "summary.json").exists() else "resume" if (folder / CHECKPOINT).exists() else "run"
+    if overwrite:
+        return "rerun"
+    first = differ[0]
+    said = first if old is None else f"{first}: recorded {old.get(first)!r}, now {new.get(first)!r}"
+    raise SweepError(f"{where}: {folder} holds a run of other settings ({said}"
+                     f"{f' and {len(differ) - 1} more' if len(differ) > 1 else ''}); pass --overwrite to run it "
+                     f"again, or choose another --out")
+
+
+def run_point(settings, resume):
+    """Trains one point (resuming it from its checkpoint when asked) and returns its summary.
     The entry point of a pool worker, so it sets the worker's allocator as the CLI does."""
     hold_freed_memory()
-    config = TrainConfig(**{**settings, "out": str(out), "quiet": True, "data_dir": data_dir})
-    resume = out if (Path(out) / CHECKPOINT).exists() else None
+    config = TrainConfig.from_dict(settings, "sweep point")
     # one process per point, even inside an MPI job (where train() would otherwise join COMM_WORLD)
-    return train(config, resume=resume, overwrite=resume is None, log=lambda *a: None, comm=SingleProcess())
+    return train(config, resume=config.out if resume else None, overwrite=not resume, log=lambda *a: None,
+                 comm=SingleProcess())
 
 
 def make_executor(kind, workers):
@@ -80,29 +130,46 @@ def make_executor(kind, workers):
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def run_sweep(grid_path, out=None, workers=2, executor="process", data_dir=None, threads=1, log=print):
-    """Runs every unfinished point of the grid; writes summary.csv and sweep.png. Returns the rows."""
+def run_sweep(grid_path, out=None, workers=2, executor="process", data_dir=None, threads=1, log=print,
+              overwrite=False):
+    """Runs every unfinished point of the grid; writes summary.csv (every point, with its
+    status and error) and sweep.png. Returns the rows; a failed point does not stop the others."""
     base, points = read_grid(grid_path)
     out = Path(out or Path("sweeps") / Path(grid_path).stem)
+    todo = plan(grid_path, base, points, out, data_dir, threads, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [(name, s) for name, s in points if not (out / name / "summary.json").exists()]
-    log(f"{len(points)} points, {len(points) - len(todo)} already finished, {len(todo)} to run on {workers} workers")
-    if todo:
+    pending = [(name, config, what) for name, config, what in todo if what != "reuse"]
+    log(f"{len(points)} points, {len(points) - len(pending)} already finished, {len(pending)} to run on "
+        f"{workers} workers")
+    errors = {}
+    if pending:
         with make_executor(executor, workers) as pool:
-            futures = {pool.submit(run_point, {"threads": threads, **base, **s}, out / name, data_dir): name
-                       for name, s in todo}
+            futures = {pool.submit(run_point, config.to_dict(), what == "resume"): name
+                       for name, config, what in pending}
             for future in as_completed(futures):
-                summary = future.result()
-                log(f"done {futures[future]}: test accuracy {summary['test_accuracy']:.2%}, "
+                name = futures[future]
+                try:
+                    summary = future.result()
+                except Exception as e:  # noqa: BLE001 - a point's failure is recorded, the others go on
+                    errors[name] = " ".join(str(e).split()) or type(e).__name__
+                    log(f"failed {name}: {errors[name]}")
+                    continue
+                log(f"done {name}: test accuracy {summary['test_accuracy']:.2%}, "
                     f"{summary['seconds_per_epoch']:.2f} s/epoch")
-    rows = []
-    for name, settings in points:
-        summary = json.loads((out / name / "summary.json").read_text())
-        rows.append({"point": name, **settings, **{k: summary.get(k) for k in SUMMARY_COLUMNS}})
+    rows = [row(out, name, settings, errors.get(name)) for name, settings in points]
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    from . import plots
-    plots.sweep(rows, out / "sweep.png")
+    done = [r for r in rows if r["status"] == "done"]
+    if done:
+        from . import plots
+        plots.sweep(done, out / "sweep.png")
     return rows
+
+
+def row(out, name, settings, error):
+    if error is not None:
+        return {"point": name, **settings, "status": "failed", "error": error, **dict.fromkeys(SUMMARY_COLUMNS)}
+    summary = json.loads((out / name / "summary.json").read_text())
+    return {"point": name, **settings, "status": "done", "error": "", **{k: summary.get(k) for k in SUMMARY_COLUMNS}}

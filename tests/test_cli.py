@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from fastlenet.cli import main
+from fastlenet.evaluation import predict_proba
 from fastlenet.models import LeNet5
-from fastlenet.storage import save_model, save_tensors
+from fastlenet.predict import mnist_style
+from fastlenet.storage import load_model, save_model, save_tensors
 from fastlenet.train import TrainConfig, train
 
 
@@ -167,3 +169,48 @@ def test_predict_bad_images(tmp_path, trained):
     one_line_error(run_cli("predict", trained, tmp_path / "empty.png"), "empty file")
     one_line_error(run_cli("predict", trained, tmp_path / "huge.png"), "10000x5000 pixels is over the limit")
     one_line_error(run_cli("predict", trained, tmp_path / "blank.png"), "no digit found")
+
+
+def test_predict_reports_each_bad_image_and_still_reads_the_good_ones(tmp_path, trained, real_mnist):
+    good = [tmp_path / f"good{k}.png" for k in range(2)]
+    for k, path in enumerate(good):
+        drawn(real_mnist.test_images[k]).save(path)
+    (tmp_path / "bad.png").write_text("not an image")
+    images = [good[0], tmp_path / "bad.png", good[1]]
+    text = run_cli("predict", trained, *images)
+    assert text.returncode == 1 and "Traceback" not in text.stderr
+    assert text.stderr.strip().splitlines() == [f"fastlenet: error: {tmp_path / 'bad.png'}: not a readable image "
+                                                f"(cannot identify image file '{tmp_path / 'bad.png'}')"]
+    assert [line.split(":")[0] for line in text.stdout.splitlines()] == [str(good[0]), str(good[1])]
+    result = run_cli("predict", trained, *images, "--json")
+    entries = json.loads(result.stdout)
+    assert result.returncode == 1 and [sorted(e) for e in entries] == [["image", "top"], ["error", "image"],
+                                                                        ["image", "top"]]
+
+
+def test_predict_turns_a_sideways_photo_upright(tmp_path, trained, real_mnist):
+    """A phone stores a photo as the sensor saw it and says in EXIF how to turn it."""
+    model = load_model(trained / "model.safetensors")
+
+    def read_as(image):
+        pixels = np.asarray(image.convert("L"), np.float64) / 255
+        return int(predict_proba(model, mnist_style(pixels)[None]).argmax())
+
+    k = next(i for i in range(200) if read_as(drawn(real_mnist.test_images[i])) == real_mnist.test_labels[i]
+             != read_as(drawn(real_mnist.test_images[i]).transpose(Image.Transpose.ROTATE_90)))
+    sideways = drawn(real_mnist.test_images[k]).transpose(Image.Transpose.ROTATE_90)  # misread as it is
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    sideways.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    result = json.loads(run_cli("predict", trained, tmp_path / "photo.jpg", "--json").stdout)
+    assert result[0]["top"][0]["digit"] == real_mnist.test_labels[k]
+
+
+def test_predict_reads_light_ink_on_a_transparent_layer(tmp_path, trained, real_mnist):
+    digit = np.asarray(drawn(real_mnist.test_images[0]))
+    rgba = np.zeros(digit.shape + (4,), np.uint8)
+    rgba[..., :3] = 255  # white ink ...
+    rgba[..., 3] = 255 - digit  # ... only where the digit is: the rest transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "chalk.png")
+    result = json.loads(run_cli("predict", trained, tmp_path / "chalk.png", "--json").stdout)
+    assert result[0]["top"][0]["digit"] == real_mnist.test_labels[0]

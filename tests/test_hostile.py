@@ -2,6 +2,7 @@
 documented exception, nothing else."""
 
 import gzip
+import os
 import struct
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from fastlenet.data import DataError, parse_idx, read_idx
 from fastlenet.errors import WeightsError
 from fastlenet.models import LeNet5
-from fastlenet.storage import load_model, save_model
+from fastlenet.storage import atomic_write, load_model, save_model
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -138,3 +139,23 @@ def test_the_same_weights_give_the_same_bytes_in_every_process(tmp_path):
         subprocess.run([sys.executable, "-c", script, str(f)], check=True)
     assert len({f.read_bytes() for f in files}) == 1
     assert load_model(files[0]).normalize
+
+
+def test_a_fifo_given_as_weights_is_refused_without_waiting(tmp_path):
+    fifo = tmp_path / "weights.safetensors"
+    os.mkfifo(fifo)
+    result = subprocess.run([sys.executable, "-m", "fastlenet", "evaluate", str(fifo)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"fastlenet: error: {fifo}: not a regular file (a folder, a FIFO "
+                                                  f"or a device); weights are a .safetensors file"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "out.json", "{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == mode

@@ -264,6 +264,18 @@ def test_records_past_the_checkpoint_and_a_torn_line_are_dropped_on_resume(tmp_p
     assert records("run") == records("whole")
 
 
+def test_what_killed_writes_left_is_removed_when_the_run_is_next_held(tmp_path):
+    train(small(tmp_path, lr_schedule="constant", shift=0), data=DATA)
+    run = tmp_path / "run"
+    (run / "summary.json").unlink()
+    stale = [run / ".checkpoint.safetensors.k3j2l1.tmp", run / ".metrics.jsonl.abc.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (run / ".notes.tmp").write_text("not ours")
+    train(resume=run, data=DATA, changes={"epochs": 2})
+    assert not any(p.exists() for p in stale) and (run / ".notes.tmp").exists()
+
+
 def test_a_torn_line_inside_metrics_is_an_error(tmp_path):
     from fastlenet.rundir import read_metrics
     path = tmp_path / "metrics.jsonl"

@@ -1,6 +1,7 @@
 """Sweeps: a grid of tiny runs through a process pool (and MPI's), a rerun that does nothing."""
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 
+from fastlenet.cli import main
 from fastlenet.sweep import SweepError, read_grid, run_sweep
 
 GRID = """
@@ -34,7 +36,8 @@ def test_grid_file(tmp_path):
     for bad, message in [("[grid]\nlearning_rate = [1]", "unknown settings learning_rate"),
                          ("[base]\nepochs = 1", "an empty \\[grid\\]"),
                          ("[grid]\nseed = 3", "must be a non-empty list"),
-                         ("[grid\n", "not a readable TOML grid")]:
+                         ("[grid\n", "not a readable TOML grid"),
+                         ("[grid]\nseed = [0, 1, 0]", "\\[grid\\] seed lists 0 twice")]:
         path.write_text(bad)
         with pytest.raises(SweepError, match=message):
             read_grid(path)
@@ -79,3 +82,51 @@ def test_sweep_on_an_mpi_pool(tmp_path, real_mnist):
     assert proc.returncode == 0, err
     assert "4 points, 0 already finished, 4 to run on 2 workers" in out
     assert len(list((tmp_path / "sweep").glob("*/summary.json"))) == 4
+
+
+def grid_file(tmp_path, text, name="g.toml"):
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_every_point_is_checked_before_any_trains(tmp_path, real_mnist):
+    grid = grid_file(tmp_path, GRID.replace("seed = [0, 1]", "momentum = [0.0, 1.5]"))
+    with pytest.raises(SweepError, match=r"g.toml: point optimizer-adam_momentum-1.5: --momentum must be >= 0.0 "
+                                         r"and < 1.0, got 1.5"):
+        run_sweep(grid, tmp_path / "sweep", data_dir=str(real_mnist.directory), log=lambda m: None)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_finished_point_is_reused_only_with_the_same_settings(tmp_path, real_mnist):
+    one = "[base]\nepochs = 1\nlimit_train = 300\nbatch_size = 100\nval_size = 100\n[grid]\nseed = [0]\n"
+    out, log = tmp_path / "sweep", []
+    run_sweep(grid_file(tmp_path, one), out, workers=1, data_dir=str(real_mnist.directory), log=log.append)
+    edited = grid_file(tmp_path, one.replace("limit_train = 300", "limit_train = 200"), "other/g.toml")
+    with pytest.raises(SweepError, match=r"point seed-0: .*seed-0 holds a run of other settings \(limit_train: "
+                                         r"recorded 300, now 200\); pass --overwrite"):
+        run_sweep(edited, out, workers=1, data_dir=str(real_mnist.directory), log=log.append)
+    log.clear()
+    rows = run_sweep(edited, out, workers=1, data_dir=str(real_mnist.directory), log=log.append, overwrite=True)
+    assert log[0] == "1 points, 0 already finished, 1 to run on 1 workers" and rows[0]["status"] == "done"
+    assert json.loads((out / "seed-0" / "config.json").read_text())["config"]["limit_train"] == 200
+    log.clear()
+    run_sweep(edited, out, workers=1, data_dir=str(real_mnist.directory), threads=2, log=log.append)
+    assert log == ["1 points, 1 already finished, 0 to run on 1 workers"]  # threads do not change what a point is
+
+
+def test_a_failing_point_is_recorded_and_the_others_finish(tmp_path, real_mnist, capsys):
+    # a validation set as large as MNIST's training set: only the data, loaded in the worker, can say
+    grid = grid_file(tmp_path, GRID.replace("val_size = 100\n", "").replace('optimizer = ["adam", "sgd"]',
+                                                                           "val_size = [100, 60000]"))
+    code = main(["sweep", str(grid), "--out", str(tmp_path / "sweep"), "--workers", "2", "--data-dir",
+                 str(real_mnist.directory)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == ["fastlenet: error: 2 of 4 points failed (summary.csv has their errors)"]
+    with open(tmp_path / "sweep" / "summary.csv") as f:
+        table = {r["point"]: r for r in csv.DictReader(f)}
+    assert len(table) == 4 and all(table[f"val_size-100_seed-{k}"]["status"] == "done" for k in (0, 1))
+    assert float(table["val_size-100_seed-0"]["test_accuracy"]) > 0.2  # 6 steps: better than chance
+    assert all(table[f"val_size-60000_seed-{k}"]["status"] == "failed" for k in (0, 1))
+    assert "--val-size must be >= 0 and < 60000" in table["val_size-60000_seed-0"]["error"]

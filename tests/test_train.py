@@ -39,7 +39,8 @@ def test_run_directory_holds_everything(tmp_path):
     assert [r["iteration"] for r in iters] == list(range(1, 17))  # 500 images / 64 -> 8 batches x 2 epochs
     assert sum(r["type"] == "eval" for r in records) == 2 + 2  # every 4 iterations within an epoch + each epoch end
     stored = json.loads((run / "config.json").read_text())
-    assert stored["config"]["lr"] == 6e-3 and stored["config"]["lr_schedule"] == "onecycle" and len(stored["data"]["validation_indices"]) == 100
+    assert stored["config"]["lr"] == 6e-3 and stored["config"]["lr_schedule"] == "onecycle"
+    assert len(stored["data"]["validation_indices"]) == 100
     assert stored["environment"]["numba"] and stored["threads"]["blas"] == 1
     assert summary == json.loads((run / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.9 and summary["train_accuracy"] > 0.9  # the synthetic classes are easy
