@@ -1,7 +1,6 @@
 """The `fastlenet` command: train, evaluate, predict, data (and bench, profile)."""
 
 import argparse
-import json
 import sys
 
 from . import __version__
@@ -121,12 +120,12 @@ def cmd_train(args):
 def cmd_evaluate(args):
     from .data import load_mnist
     from .evaluation import predict_proba, report
-    from .storage import load_model, weights_path
+    from .storage import json_text, load_model, weights_path
     model = load_model(weights_path(args.weights))
-    data = load_mnist(args.data_dir, progress=progress_bar)
+    data = load_mnist(args.data_dir, progress=progress_bar, test_only=True)
     result = report(predict_proba(model, data.test_images), data.test_labels)
     if args.json:
-        print(json.dumps(result))
+        print(json_text(result))
         return
     print(f"test accuracy: {result['accuracy']:.2%} ({len(data.test_labels)} images)\n")
     print("true\\pred " + " ".join(f"{p:>5}" for p in range(10)) + "   accuracy")
@@ -140,7 +139,7 @@ def cmd_predict(args):
     from .data import preprocess
     from .evaluation import softmax
     from .predict import ImageError, load_grayscale, mnist_style, top_classes
-    from .storage import load_model, weights_path
+    from .storage import json_text, load_model, weights_path
     model = load_model(weights_path(args.weights))
     results = []
     for path in args.images:
@@ -152,7 +151,7 @@ def cmd_predict(args):
         probs = softmax(model.forward(preprocess(digit[None], model.dtype, model.normalize)))[0]
         results.append({"image": path, "top": top_classes(probs)})
     if args.json:
-        print(json.dumps(results))
+        print(json_text(results))
     for r in results:
         if "error" in r:
             print(f"fastlenet: error: {r['error']}", file=sys.stderr)
@@ -194,10 +193,11 @@ def cmd_bench(args):
 
 def cmd_profile(args):
     from .profiler import format_profile, profile_training
+    from .storage import json_text
     positive(steps=args.steps, batch_size=args.batch_size, threads=args.threads, blas_threads=args.blas_threads)
     result = profile_training(args.steps, args.batch_size, args.backend, args.threads, args.blas_threads,
                               args.data_dir, args.trace, args.cprofile)
-    print(json.dumps(result) if args.json else format_profile(result))
+    print(json_text(result) if args.json else format_profile(result))
 
 
 def cmd_sweep(args):

@@ -37,6 +37,7 @@ MIRRORS = [
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 MAX_IDX_BYTES = 1 << 31  # far above MNIST; refuses absurd headers before allocating
+PART = ".part"  # a download in progress
 
 
 def default_cache_dir():
@@ -50,17 +51,48 @@ def search_dirs(data_dir=None):
     return [Path(d).expanduser() for d in dirs if d]
 
 
-def _payload(raw, name):
-    """The IDX bytes of a file's content: gunzipped if it is gzip, refused if it is HTML."""
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DataError(f"{name}: corrupt or truncated gzip ({e})") from None
+def payload_size(shape):
+    """Bytes of the IDX payload of a uint8 array of `shape` (every MNIST file): header + data."""
+    return 4 + 4 * len(shape) + int(np.prod(shape, dtype=np.int64))
+
+
+def _payload(path, name, limit):
+    """The IDX bytes of a file: gunzipped if it is gzip, refused if it is HTML or would hold
+    more than `limit` bytes. Never reads or inflates more than limit + 1 bytes."""
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            f.seek(0)
+            return inflate(f, name, limit)
+        f.seek(0)
+        raw = f.read(limit + 1)
     head = raw[:64].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<")):
         raise DataError(f"{name}: is an HTML/XML page, not an IDX file (a mirror's error page?)")
+    if len(raw) > limit:
+        raise DataError(f"{name}: more than the {limit} bytes its data can be")
     return raw
+
+
+def inflate(f, name, limit):
+    """A gzip stream (one member or several) -> its bytes, refused one byte past `limit`:
+    a file that inflates without end (a "gzip bomb") costs no more than its real size."""
+    out, member, started = bytearray(), zlib.decompressobj(16 + zlib.MAX_WBITS), False
+    try:
+        while chunk := f.read(1 << 16):
+            while chunk:
+                started = True
+                out += member.decompress(chunk, limit + 1 - len(out))
+                if len(out) > limit:
+                    raise DataError(f"{name}: inflates past {limit} bytes, the size of its data: not this file "
+                                    f"(a gzip bomb?)")
+                chunk = member.unconsumed_tail
+                if member.eof:  # another member may follow
+                    chunk, member, started = member.unused_data, zlib.decompressobj(16 + zlib.MAX_WBITS), False
+    except zlib.error as e:
+        raise DataError(f"{name}: corrupt or truncated gzip ({e})") from None
+    if started and not member.eof:
+        raise DataError(f"{name}: corrupt or truncated gzip (the stream ends inside it)")
+    return bytes(out)
 
 
 def parse_idx(payload, name="IDX data"):
@@ -85,7 +117,7 @@ def parse_idx(payload, name="IDX data"):
 def read_idx(path, expected_sha256=None, expected_shape=None):
     """Reads and verifies one IDX file (gzipped or raw)."""
     path = Path(path)
-    payload = _payload(path.read_bytes(), path.name)
+    payload = _payload(path, path.name, payload_size(expected_shape) if expected_shape else MAX_IDX_BYTES)
     if expected_sha256 and hashlib.sha256(payload).hexdigest() != expected_sha256:
         raise DataError(f"{path}: SHA-256 of the data is {hashlib.sha256(payload).hexdigest()}, "
                         f"expected {expected_sha256}: not the genuine MNIST file")
@@ -104,16 +136,23 @@ def locate(name, dirs):
     return None
 
 
-def _fetch(url, dest, timeout, progress):
-    """Downloads url into dest through a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+def _fetch(url, dest, timeout, progress, limit, deadline):
+    """Downloads url into a temporary file beside dest: at most `limit` bytes, within
+    `deadline` seconds in all (the socket timeout alone lets a byte-a-second mirror hang)."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=PART)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            bar = progress(total=total, desc=dest.name)
-            while chunk := response.read(1 << 16):
+            if total is not None and total > limit:
+                raise DataError(f"announces {total} bytes, more than the {limit} the file can be")
+            bar, start = progress(total=total, desc=dest.name), time.monotonic()
+            while chunk := response.read1(1 << 16):
                 out.write(chunk)
                 bar.update(len(chunk))
+                if out.tell() > limit:
+                    raise DataError(f"sent more than the {limit} bytes the file can be")
+                if time.monotonic() - start > deadline:
+                    raise DataError(f"not done after {deadline:g} s ({out.tell()} bytes)")
             bar.close()
             if total is not None and out.tell() != total:
                 raise DataError(f"got {out.tell()} of {total} bytes")
@@ -125,17 +164,21 @@ def _fetch(url, dest, timeout, progress):
         raise
 
 
-def download(name, dest_dir, mirrors=None, retries=2, timeout=30.0, progress=None):
+def download(name, dest_dir, mirrors=None, retries=2, timeout=30.0, progress=None, deadline=600.0):
     """Fetches `name`.gz from the first mirror that serves the genuine file.
 
     Each attempt lands in a temporary file that is verified (gzip, IDX header,
     SHA-256) before an atomic rename; an HTML page or a truncated file is
-    never kept. Raises DataError naming every mirror's failure.
+    never kept, nor one larger than the file's data can be, nor one that takes over
+    `deadline` seconds. Raises DataError naming every mirror's failure.
     """
     sha256, shape = FILES[name]
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / f"{name}.gz"
+    for stale in dest_dir.glob(f".{dest.name}.*{PART}"):  # left by a download that was killed
+        stale.unlink(missing_ok=True)
+    limit = payload_size(shape) * 101 // 100 + 4096  # gzip adds at most ~0.03 % to what it cannot shrink
     progress = progress or _NoProgress
     errors = []
     env_mirrors = [m.strip() for m in os.environ.get("FASTLENET_MIRRORS", "").split(",") if m.strip()]
@@ -144,7 +187,7 @@ def download(name, dest_dir, mirrors=None, retries=2, timeout=30.0, progress=Non
         for attempt in range(1, retries + 1):
             tmp = None
             try:
-                tmp = _fetch(url, dest, timeout, progress)
+                tmp = _fetch(url, dest, timeout, progress, limit, deadline)
                 read_idx(tmp, sha256, shape)
                 os.replace(tmp, dest)
                 return dest
@@ -182,11 +225,14 @@ class MNIST:
     directory: Path
 
 
-def find_or_download(data_dir=None, download_missing=True, progress=None, mirrors=None):
-    """Paths of the four files, downloading the missing ones into the first
-    writable search directory when allowed."""
+TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def find_or_download(data_dir=None, download_missing=True, progress=None, mirrors=None, names=tuple(FILES)):
+    """Paths of the files `names` (default: all four), downloading the missing ones into
+    the first writable search directory when allowed."""
     dirs = search_dirs(data_dir)
-    paths = {name: locate(name, dirs) for name in FILES}
+    paths = {name: locate(name, dirs) for name in names}
     missing = [name for name, path in paths.items() if path is None]
     if missing and download_missing:
         target = dirs[0]
@@ -196,7 +242,7 @@ def find_or_download(data_dir=None, download_missing=True, progress=None, mirror
             except (DataError, OSError) as e:
                 raise DataError(
                     f"{e}\nSearched: {', '.join(map(str, dirs))}.\n"
-                    f"To install by hand, put the four MNIST files ({', '.join(FILES)}, .gz or raw) "
+                    f"To install by hand, put the MNIST files {', '.join(names)} (.gz or raw) "
                     f"in one of those folders, or point --data-dir / FASTLENET_DATA at them."
                 ) from None
     elif missing:
@@ -204,13 +250,15 @@ def find_or_download(data_dir=None, download_missing=True, progress=None, mirror
     return paths
 
 
-def load_mnist(data_dir=None, download_missing=True, progress=None, mirrors=None):
-    """Finds (or downloads), verifies and reads MNIST."""
-    paths = find_or_download(data_dir, download_missing, progress, mirrors)
+def load_mnist(data_dir=None, download_missing=True, progress=None, mirrors=None, test_only=False):
+    """Finds (or downloads), verifies and reads MNIST; with test_only, only the test set
+    (the training set is then empty), which is all an evaluation needs."""
+    paths = find_or_download(data_dir, download_missing, progress, mirrors, TEST_FILES if test_only else tuple(FILES))
     arrays = {name: read_idx(path, *FILES[name]) for name, path in paths.items()}
-    return MNIST(arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"],
+    none = (np.empty((0, 28, 28), np.uint8), np.empty(0, np.uint8))
+    return MNIST(arrays.get("train-images-idx3-ubyte", none[0]), arrays.get("train-labels-idx1-ubyte", none[1]),
                  arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"],
-                 paths["train-images-idx3-ubyte"].parent)
+                 paths["t10k-images-idx3-ubyte"].parent)
 
 
 def check_pair(images, labels, what):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from .errors import WeightsError
 from .settings import SettingsError
-from .storage import (WEIGHTS_NAME, atomic_write, load_tensors, remove_stale_temporaries, save_tensors, write_error,
-                      write_json)
+from .storage import (WEIGHTS_NAME, atomic_write, json_text, load_tensors, remove_stale_temporaries, save_tensors,
+                      write_error, write_json)
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT, CHECKPOINT_STATE = "checkpoint.safetensors", "checkpoint.json"
@@ -153,14 +153,14 @@ class RunDir:
             return MetricsFile(None)
         if upto_iteration is not None:
             kept = self.metrics(upto_iteration)
-            atomic_write(self.path / METRICS, "".join(json.dumps(e) + "\n" for e in kept))
+            atomic_write(self.path / METRICS, "".join(json_text(e) + "\n" for e in kept))
         return MetricsFile(self.path / METRICS)
 
     def save_checkpoint(self, tensors, state, metadata):
         """One file holds everything (the state as JSON in the safetensors header), so one
         atomic rename switches from the old checkpoint to the new; checkpoint.json is a
         readable copy written after it, never read back."""
-        save_tensors(self.path / CHECKPOINT, tensors, {**metadata, "state": json.dumps(state)})
+        save_tensors(self.path / CHECKPOINT, tensors, {**metadata, "state": json_text(state)})
         write_json(self.path / CHECKPOINT_STATE, state)
 
     def load_checkpoint(self):
@@ -184,7 +184,7 @@ class MetricsFile:
         if self._file is None:
             return
         try:
-            self._file.write(json.dumps(entry) + "\n")
+            self._file.write(json_text(entry) + "\n")
         except OSError as e:
             raise write_error(e, self.path) from None
 

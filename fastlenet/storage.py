@@ -3,6 +3,7 @@ writes, and weights in safetensors (tensors plus a string header, no pickle)."""
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -64,8 +65,24 @@ def write_error(e, path):
     return OSError(e.errno, f"cannot write ({e.strerror or e})", str(path))
 
 
+def json_text(obj, **options):
+    """JSON that any parser reads: a NaN or an infinity (which json.dumps would write as
+    the non-JSON NaN / Infinity) becomes null."""
+    return json.dumps(finite(obj), allow_nan=False, **options)
+
+
+def finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj):
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write(path, json_text(obj, indent=2) + "\n")
 
 
 def save_tensors(path, tensors, metadata):

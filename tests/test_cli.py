@@ -214,3 +214,18 @@ def test_predict_reads_light_ink_on_a_transparent_layer(tmp_path, trained, real_
     Image.fromarray(rgba, "RGBA").save(tmp_path / "chalk.png")
     result = json.loads(run_cli("predict", trained, tmp_path / "chalk.png", "--json").stdout)
     assert result[0]["top"][0]["digit"] == real_mnist.test_labels[0]
+
+
+def test_evaluate_needs_only_the_test_files(tmp_path, trained, real_mnist):
+    only_test = tmp_path / "test-only"
+    only_test.mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        found = next(p for p in real_mnist.directory.iterdir() if p.name.startswith(name))
+        (only_test / found.name).write_bytes(found.read_bytes())
+    env = dict(os.environ, FASTLENET_MIRRORS="http://127.0.0.1:9/", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("FASTLENET_DATA", None)
+    result = run_cli("evaluate", trained, "--data-dir", only_test, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["accuracy"] == json.loads((trained / "summary.json").read_text())["test_accuracy"]
+    assert sorted(p.name for p in only_test.iterdir()) == sorted(p.name for p in only_test.iterdir()
+                                                                 if p.name.startswith("t10k"))  # nothing fetched

@@ -3,7 +3,10 @@
 import gzip
 import hashlib
 import http.server
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +122,17 @@ class Mirror(http.server.BaseHTTPRequestHandler):
         if kind == "gone":
             self.send_error(404)
             return
+        if kind in ("endless", "drip"):  # no Content-Length, and a body that never ends
+            self.send_response(200)
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"\x1f" * (1 << 16) if kind == "endless" else b"\x1f")
+                    self.wfile.flush()
+                    if kind == "drip":
+                        time.sleep(0.1)
+            except OSError:  # the client gave up
+                return
         body = {"good": self.body, "html": b"<html><body>Access denied</body></html>",
                 "short": self.body}[kind]
         self.send_response(200)
@@ -139,7 +153,8 @@ def mirrors(monkeypatch):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    yield {kind: f"{base}/{kind}/" for kind in ("good", "html", "short", "gone")} | {"down": "http://127.0.0.1:9/"}
+    kinds = ("good", "html", "short", "gone", "endless", "drip")
+    yield {kind: f"{base}/{kind}/" for kind in kinds} | {"down": "http://127.0.0.1:9/"}
     server.shutdown()
 
 
@@ -162,10 +177,62 @@ def test_download_failure_names_every_mirror(tmp_path, mirrors):
     assert list(tmp_path.iterdir()) == []  # nothing kept
 
 
+def test_a_mirror_that_never_stops_is_cut_at_the_size_the_file_can_be(tmp_path, mirrors):
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"endless/t10k-labels-idx1-ubyte.gz \(try 1\): sent more than the 4114 bytes"):
+        data.download(NAME, tmp_path, mirrors=[mirrors["endless"]], retries=1, timeout=5)
+    assert time.monotonic() - start < 10 and list(tmp_path.iterdir()) == []  # no .part left
+
+
+def test_a_mirror_that_drips_is_cut_at_the_deadline(tmp_path, mirrors):
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"drip/t10k-labels-idx1-ubyte.gz \(try 1\): not done after 1 s"):
+        data.download(NAME, tmp_path, mirrors=[mirrors["drip"]], retries=1, timeout=5, deadline=1.0)
+    assert time.monotonic() - start < 5 and list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_downloads_part_file_is_removed_by_the_next(tmp_path, mirrors):
+    stale = tmp_path / f".{NAME}.gz.x8k2.part"
+    stale.write_bytes(b"half a download")
+    data.download(NAME, tmp_path, mirrors=[mirrors["good"]], retries=1, timeout=5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{NAME}.gz"]
+
+
+BOMB = """
+import sys, zlib
+from fastlenet.data import FILES, DataError, read_idx
+name = "train-labels-idx1-ubyte"
+path = sys.argv[1] + "/" + name + ".gz"
+with open(path, "wb") as f:  # 512 MB of zeros behind a valid header, in about 0.5 MB
+    z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    f.write(z.compress(bytes.fromhex("0000080100" + "00ea60")))
+    block = bytes(1 << 20)
+    for _ in range(512):
+        f.write(z.compress(block))
+    f.write(z.flush())
+try:
+    read_idx(path, *FILES[name])
+except DataError as e:
+    print(e)
+# VmHWM, the peak of this process's own memory (ru_maxrss would count the parent's, from before exec)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) // 1024)
+"""
+
+
+def test_a_gzip_bomb_is_refused_at_the_size_of_the_data(tmp_path):
+    """Peak memory of a fresh process, not a timing: inflating it all would take 512 MB."""
+    result = subprocess.run([sys.executable, "-c", BOMB, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120, check=True)
+    message, peak_mb = result.stdout.strip().splitlines()
+    assert message == ("train-labels-idx1-ubyte.gz: inflates past 60008 bytes, the size of its data: not this file "
+                       "(a gzip bomb?)")
+    assert int(peak_mb) < 150, f"peak RSS {peak_mb} MB"
+
+
 def test_missing_files_message_says_where_and_how(tmp_path, monkeypatch):
     monkeypatch.delenv("FASTLENET_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.raises(DataError, match="(?s)Searched: .*flag.*To install by hand, put the four MNIST files"):
+    with pytest.raises(DataError, match="(?s)Searched: .*flag.*To install by hand, put the MNIST files train-images"):
         data.find_or_download(tmp_path / "flag", mirrors=["http://127.0.0.1:9/"])
     with pytest.raises(DataError, match="MNIST files missing"):
         data.find_or_download(tmp_path / "flag", download_missing=False)

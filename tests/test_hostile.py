@@ -2,6 +2,7 @@
 documented exception, nothing else."""
 
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from fastlenet.data import DataError, parse_idx, read_idx
 from fastlenet.errors import WeightsError
 from fastlenet.models import LeNet5
-from fastlenet.storage import atomic_write, load_model, save_model
+from fastlenet.storage import atomic_write, json_text, load_model, save_model
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -159,3 +160,9 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(previous)
     assert (tmp_path / "out.json").stat().st_mode & 0o777 == mode
+
+
+def test_json_output_is_always_json():
+    text = json_text({"accuracy": float("nan"), "per_class": [1.0, float("inf"), -float("inf")], "n": 3})
+    assert json.loads(text) == {"accuracy": None, "per_class": [1.0, None, None], "n": 3}
+    assert "NaN" not in text and "Infinity" not in text

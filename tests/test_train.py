@@ -63,6 +63,7 @@ def test_same_seed_same_run_bit_for_bit(tmp_path):
     wa, wb, wc = (load_tensors(tmp_path / r / "model.safetensors")[0] for r in "abc")
     for name in wa:
         np.testing.assert_array_equal(wa[name], wb[name])
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert any(not np.array_equal(wa[k], wc[k]) for k in wa)
     for key in ("test_accuracy", "validation_accuracy", "train_accuracy", "final_loss"):
         assert a[key] == b[key]
