@@ -2,13 +2,12 @@
 
 ProcessPoolExecutor on one machine; mpi4py's MPIPoolExecutor on a cluster
 (`mpiexec -n K python -m mpi4py.futures -m fastlenet sweep GRID.toml --executor mpi`).
-Each point trains into its own run directory as soon as a worker is free;
-a point whose summary.json exists is finished and skipped on a rerun, and a
-point with a checkpoint resumes, so a killed sweep loses only the points in
-flight. A point is its settings: a folder that holds a run of other settings is
-refused (or, with --overwrite, run again), and every point's settings are checked
-before the first one trains. A failing point is recorded in summary.csv and the
-others go on. The grid file:
+Each point trains into its own run directory as soon as a worker is free. A point
+is its settings: one whose folder holds a finished run of the same settings is
+reused, a checkpointed one resumes, and a folder holding a run of other settings
+is refused (or, with --overwrite, run again). Every point's settings are checked
+before the first one trains; a failing point is recorded in summary.csv and the
+others go on; the workers of a killed sweep checkpoint and stop. The grid file:
 
     [base]                   # TrainConfig settings shared by every point
     epochs = 10
@@ -18,9 +17,13 @@ others go on. The grid file:
 """
 
 import csv
+import ctypes
+import ctypes.util
 import itertools
 import json
 import multiprocessing
+import os
+import signal
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import fields
@@ -127,7 +130,24 @@ def make_executor(kind, workers):
             raise SweepError("--executor mpi needs mpi4py (pip install -e '.[mpi]')") from None
         return MPIPoolExecutor(max_workers=workers)
     # spawn, not fork: a forked child of a process whose Numba (OpenMP) pool has run can hang or crash
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=stop_with_parent, initargs=(os.getpid(),))
+
+
+def stop_with_parent(parent):
+    """A pool worker gets SIGTERM when the sweep's process dies, however it dies (Linux's
+    PR_SET_PDEATHSIG): its run then checkpoints and stops, instead of training on, orphaned,
+    into a folder the next sweep will want. Elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def run_sweep(grid_path, out=None, workers=2, executor="process", data_dir=None, threads=1, log=print,

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -130,3 +131,39 @@ def test_a_failing_point_is_recorded_and_the_others_finish(tmp_path, real_mnist,
     assert float(table["val_size-100_seed-0"]["test_accuracy"]) > 0.2  # 6 steps: better than chance
     assert all(table[f"val_size-60000_seed-{k}"]["status"] == "failed" for k in (0, 1))
     assert "--val-size must be >= 0 and < 60000" in table["val_size-60000_seed-0"]["error"]
+
+
+def test_workers_stop_with_a_killed_sweep_and_the_point_resumes(tmp_path, real_mnist):
+    """SIGKILL to the sweep's process: its worker gets SIGTERM (PR_SET_PDEATHSIG), checkpoints
+    and exits, instead of training on, orphaned."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    grid = grid_file(tmp_path, "[base]\nepochs = 30\nlimit_train = 3000\nbatch_size = 50\nval_size = 100\n"
+                               "eval_every = 1000\nlr_schedule = \"constant\"\n[grid]\nseed = [0]\n")
+    out = tmp_path / "sweep"
+    sweep = subprocess.Popen([sys.executable, "-m", "fastlenet", "sweep", str(grid), "--out", str(out), "--workers",
+                              "1", "--data-dir", str(real_mnist.directory)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    point = out / "seed-0"
+    try:
+        deadline = time.monotonic() + 120
+        while not (point / "checkpoint.safetensors").exists():  # the worker is training
+            assert time.monotonic() < deadline and sweep.poll() is None
+            time.sleep(0.2)
+        worker = int((point / ".lock").read_text())
+    finally:
+        sweep.kill()
+        sweep.wait()
+    deadline = time.monotonic() + 60
+    while alive(worker):
+        assert time.monotonic() < deadline, "the worker trained on after its sweep was killed"
+        time.sleep(0.2)
+    assert not (point / "summary.json").exists() and (point / "checkpoint.safetensors").exists()
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"  # a zombie has exited
