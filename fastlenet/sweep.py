@@ -117,9 +117,13 @@ def run_point(settings, resume):
     The entry point of a pool worker, so it sets the worker's allocator as the CLI does."""
     hold_freed_memory()
     config = TrainConfig.from_dict(settings, "sweep point")
-    # one process per point, even inside an MPI job (where train() would otherwise join COMM_WORLD)
-    return train(config, resume=config.out if resume else None, overwrite=not resume, log=lambda *a: None,
-                 comm=SingleProcess())
+    try:
+        # one process per point, even inside an MPI job (where train() would otherwise join COMM_WORLD)
+        return train(config, resume=config.out if resume else None, overwrite=not resume, log=lambda *a: None,
+                     comm=SingleProcess())
+    finally:
+        if PARENT is not None and os.getppid() != PARENT:  # orphaned: nobody will send another point
+            os._exit(1)
 
 
 def make_executor(kind, workers):
@@ -137,7 +141,10 @@ def make_executor(kind, workers):
 def stop_with_parent(parent):
     """A pool worker gets SIGTERM when the sweep's process dies, however it dies (Linux's
     PR_SET_PDEATHSIG): its run then checkpoints and stops, instead of training on, orphaned,
-    into a folder the next sweep will want. Elsewhere a no-op."""
+    into a folder the next sweep will want, and the worker exits (run_point) rather than wait
+    for work on a queue it holds open itself. Elsewhere a no-op."""
+    global PARENT
+    PARENT = parent
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -148,6 +155,7 @@ def stop_with_parent(parent):
 
 
 PR_SET_PDEATHSIG = 1
+PARENT = None  # in a pool worker: the sweep's process
 
 
 def run_sweep(grid_path, out=None, workers=2, executor="process", data_dir=None, threads=1, log=print,
