@@ -11,14 +11,10 @@ from .kernels.warp import affine_warp
 DRAWS = 0x5817F  # the augmentation's stream of the run's seed
 
 
-def augmenting(config):
-    return bool(config.shift or config.rotate or config.scale)
-
-
 def distorted_epochs(config):
     """How many epochs, from the first, see distorted images: all but the last
     --clean-fraction of them, rounded to whole epochs (0 without a distortion)."""
-    return config.epochs - math.floor(config.clean_fraction * config.epochs + 0.5) if augmenting(config) else 0
+    return config.epochs - math.floor(config.clean_fraction * config.epochs + 0.5) if config.distorts() else 0
 
 
 def draws(config, iteration, n):

@@ -101,6 +101,10 @@ class TrainConfig:
                                 f"BLAS may split its sums differently from run to run")
         return self
 
+    def distorts(self):
+        """Whether the training images are distorted (--shift, --rotate or --scale)."""
+        return bool(self.shift or self.rotate or self.scale)
+
     def to_dict(self):
         return asdict(self)
 
@@ -213,7 +217,7 @@ def resumed(stored, changes, source):
         if config.lr_schedule != "constant":
             raise SettingsError(f"--epochs cannot change on resume with --lr-schedule {config.lr_schedule}: "
                                 f"its rates depend on the run's length")
-        if (config.shift or config.rotate or config.scale) and config.clean_fraction:
+        if config.distorts() and config.clean_fraction:
             raise SettingsError(f"--epochs cannot change on resume with --clean-fraction {config.clean_fraction}: "
                                 f"which epochs see distorted images depends on the run's length")
     for name, value in changes.items():

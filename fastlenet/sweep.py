@@ -99,16 +99,16 @@ def action(where, folder, config, overwrite):
     except (OSError, ValueError, KeyError, TypeError):
         old = None
     new = config.to_dict()
-    differ = sorted(k for k in set(new) | set(old or {}) if k not in NOT_IDENTITY
-                    and (old or {}).get(k) != new.get(k)) if old is not None else ["its config.json is unreadable"]
-    if not differ:
+    differ = None if old is None else sorted(k for k in set(new) | set(old)
+                                             if k not in NOT_IDENTITY and old.get(k) != new.get(k))
+    if differ == []:
         return "reuse" if (folder / "summary.json").exists() else "resume" if (folder / CHECKPOINT).exists() else "run"
     if overwrite:
         return "rerun"
-    first = differ[0]
-    said = first if old is None else f"{first}: recorded {old.get(first)!r}, now {new.get(first)!r}"
-    raise SweepError(f"{where}: {folder} holds a run of other settings ({said}"
-                     f"{f' and {len(differ) - 1} more' if len(differ) > 1 else ''}); pass --overwrite to run it "
+    said = "its config.json is unreadable" if differ is None else (
+        f"{differ[0]}: recorded {old.get(differ[0])!r}, now {new.get(differ[0])!r}"
+        f"{f' and {len(differ) - 1} more' if len(differ) > 1 else ''}")
+    raise SweepError(f"{where}: {folder} holds a run of other settings ({said}); pass --overwrite to run it "
                      f"again, or choose another --out")
 
 

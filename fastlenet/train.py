@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from .averaging import WeightAverage
-from .augment import augmenting, distort, distorted_epochs, draws
+from .augment import distort, distorted_epochs, draws
 from .data import check_pair, load_mnist, preprocess, validation_split
 from .distributed import GradientExchange, SingleProcess, check_replicas, world
 from .env import environment, set_threads
@@ -259,7 +259,7 @@ def warm_up(trainer, eval_sizes):
         sizes, eval_sizes = {min(2, len(trainer.train_idx))}, []
     for n in sorted(sizes - {0}):
         x, y = trainer.batch(trainer.train_idx[:n])
-        if augmenting(cfg):
+        if cfg.distorts():
             x = distort(x, *draws(cfg, 0, n), normalize=cfg.normalize)
         forward_backward(model, loss, x, y)
         optimizer.step()
