@@ -56,6 +56,7 @@ class Layer:
     """forward(x) -> y caches what backward(dy) -> dx needs."""
 
     params = ()
+    param_names = ()  # the attributes that hold `params`, in order: "weight", "bias"
     _out_shape = _dtype = None  # recorded by forward, checked by backward
 
     def __repr__(self):
@@ -101,6 +102,8 @@ class Layer:
 
 class ConvSpec(Layer):
     """Constructor, parameters and input checks of Conv2D, for both backends."""
+
+    param_names = ("weight", "bias")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  *, dtype=np.float32, rng=None):
@@ -170,6 +173,8 @@ class PoolSpec(Layer):
 
 class LinearSpec(Layer):
     """Constructor, parameters and input checks of Linear, for both backends."""
+
+    param_names = ("weight", "bias")
 
     def __init__(self, in_features, out_features, *, dtype=np.float32, rng=None):
         self.in_features = int(in_features)

@@ -10,6 +10,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import core
 from .core import ConvSpec, Layer, LinearSpec, PoolSpec
+from .env import engine_pass
 from .layout import (BATCH_INNERMOST, aligned_empty, aligned_empty_like, batch_innermost, flat,  # noqa: F401
                      interleaved_steps, memory_order, order, planes_steps, same_order)
 # the kernels themselves, not fastlenet.kernels' checked entry points: the arrays here follow the protocol
@@ -20,8 +21,9 @@ from .kernels.pool import (maxpool2x2_backward_interleaved, maxpool2x2_forward, 
                            maxpool_backward, maxpool_forward)
 from .kernels.relayout import gradient_to_planes, interleave
 from .kernels.relu import relu_backward, relu_forward
+from .sequential import Sequential
 
-__all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten"]
+__all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten", "Sequential"]
 
 
 def _pad(x, ph, pw):
@@ -129,6 +131,7 @@ class Conv2D(ConvSpec):
 
     _cols = None
 
+    @engine_pass
     def forward(self, x):
         n, f, oh, ow = self._start_forward(x)
         if self.stride == (1, 1):
@@ -146,6 +149,7 @@ class Conv2D(ConvSpec):
         # (N*OH*OW, F) -> (N, OH, OW, F) -> NCHW view: channels stay innermost in memory
         return y.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
 
+    @engine_pass
     def backward(self, dy):
         self._check_grad(dy)
         if self.stride == (1, 1):
@@ -266,6 +270,7 @@ class Linear(LinearSpec):
     on both cores, where BLAS runs on one. The output and the input gradient come out batch-innermost too; the weight
     gradient stays one GEMM."""
 
+    @engine_pass
     def forward(self, x):
         self._start_forward(x)
         self._x = x
@@ -279,6 +284,7 @@ class Linear(LinearSpec):
                      y_rows.reshape(self.out_features, 1, n))
         return y_rows.T  # (OUT, N) -> (N, OUT) view
 
+    @engine_pass
     def backward(self, dy):
         self._check_grad(dy)
         np.matmul(dy.T, self._x, out=self.weight.grad)

@@ -8,8 +8,9 @@ layers are tested against and the baseline their speed is measured from.
 import numpy as np
 
 from .core import ConvSpec, Flatten, Layer, LinearSpec, PoolSpec
+from .sequential import Sequential  # noqa: F401  (one container serves both backends)
 
-__all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten"]
+__all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten", "Sequential"]
 
 
 def _windows(out_h, out_w, kernel, stride):
