@@ -17,7 +17,7 @@ import time
 import numba
 import numpy as np
 
-from . import kernels
+from .compiling import kernel_cache_stats
 from .data import FILES, load_mnist, locate, preprocess, search_dirs
 from .env import environment, hold_freed_memory, set_threads
 from .losses import SoftmaxCrossEntropy
@@ -60,16 +60,6 @@ def interleaved(contenders):
             if len(times[name]) < runs:
                 times[name] += run_block(min(block, runs - len(times[name])))
     return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def kernel_cache_stats():
-    """Numba dispatchers' compile/cache counters: did the warm-up compile or load from disk?"""
-    hits = misses = 0
-    for name in kernels.__all__[1:]:  # [0] is the error class
-        stats = getattr(kernels, name).kernel.stats
-        hits += sum(stats.cache_hits.values())
-        misses += sum(stats.cache_misses.values())
-    return {"cache_hits": hits, "cache_misses": misses}
 
 
 def raw_mnist(n, data_dir=None):

@@ -222,10 +222,24 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "p
             "bench": cmd_bench, "profile": cmd_profile}
 
 
+ANNOUNCES_COMPILES = {"train", "evaluate", "predict", "bench", "profile"}  # the commands that run kernels here
+
+
+def run_command(args):
+    """The command; the ones that run kernels in this process say when Numba compiles them
+    (a machine's first run), unless quiet, and only on MPI's rank 0."""
+    if args.command not in ANNOUNCES_COMPILES or getattr(args, "quiet", False):
+        return COMMANDS[args.command](args)
+    from .compiling import announced, to_stderr
+    from .distributed import world
+    with announced(to_stderr if world().rank == 0 else lambda message: None):
+        return COMMANDS[args.command](args)
+
+
 def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        run_command(args)
     except FastLeNetError as e:
         if getattr(e, "reported", False):
             return 1

@@ -1,33 +1,22 @@
-"""Thread pools, the allocator, and the environment a measurement or a run was made in.
+"""Thread pools and the environment a measurement or a run was made in.
 
-Two pools share the cores: OpenBLAS (the GEMMs) and Numba (the kernels).
-Both spin-wait between calls, so when both use every core each one's idle
-threads steal time from the other's working ones. The kernels parallelise
-better than LeNet's thin GEMMs, so Numba gets the cores and the library's
-GEMMs run on one BLAS thread (the README's Threads section has the figures).
-
-That holds without any set-up call: the fast passes that call BLAS
-(`engine_pass`) lower the BLAS pool to the library's count for their duration
-and give it back as they found it, so a user's other NumPy code keeps its
-BLAS threads. The allocator is the third setting: see hold_freed_memory,
-which the first fast pass also takes (FASTLENET_HOLD_MEMORY=0 declines it).
+Numba's pool and BLAS's share the cores: the kernels parallelise better than
+LeNet's thin GEMMs, so Numba gets the cores and the library's GEMMs run on one
+BLAS thread (the README's Threads section has the figures). That holds without
+any set-up call (fastlenet.policy); set_threads chooses otherwise, process-wide.
 """
 
-import ctypes
-import functools
 import os
 import platform
 import sys
-import threading
 
 import llvmlite
 import numba
 import numpy as np
-from threadpoolctl import ThreadpoolController, threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
-_gemm_threads = 1  # BLAS threads for the library's own GEMMs (set_threads changes it)
-_blas = None  # threadpoolctl's controllers of the loaded BLAS libraries, found at the first pass
-_in_pass = threading.local()  # set while a pass runs, so that nested passes limit BLAS once
+from . import policy
+from .policy import hold_freed_memory, release_freed_memory  # noqa: F401 (their import path before policy.py)
 
 
 def set_threads(threads=None, blas_threads=1):
@@ -36,7 +25,6 @@ def set_threads(threads=None, blas_threads=1):
     library's GEMMs run on too. Process-wide, unlike the default policy, which
     changes BLAS only for the duration of the library's own passes.
     Returns the sizes in force."""
-    global _gemm_threads
     threads = numba.config.NUMBA_NUM_THREADS if threads is None else int(threads)
     if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
@@ -44,82 +32,8 @@ def set_threads(threads=None, blas_threads=1):
     blas_threads = threads if blas_threads is None else int(blas_threads)
     numba.set_num_threads(threads)
     threadpool_limits(limits=blas_threads, user_api="blas")
-    _gemm_threads = blas_threads
+    policy.set_gemm_threads(blas_threads)
     return {"numba": threads, "blas": blas_threads}
-
-
-def engine_pass(method):
-    """Decorates a forward or backward that calls BLAS (a fast Conv2D's or
-    Linear's, a model's): it runs with the BLAS pool at the library's count and
-    the pool is given back as it was when it returns. A pass inside another
-    (a layer's inside a model's) finds the pool set and costs nothing more."""
-    @functools.wraps(method)
-    def limited(*args, **kwargs):
-        if getattr(_in_pass, "active", False):
-            return method(*args, **kwargs)
-        _in_pass.active = True
-        pools = _blas_pools()
-        found = [pool.get_num_threads() for pool in pools]
-        try:
-            for pool, threads in zip(pools, found):
-                if threads not in (None, _gemm_threads):
-                    pool.set_num_threads(_gemm_threads)
-            return method(*args, **kwargs)
-        finally:
-            for pool, threads in zip(pools, found):
-                if threads not in (None, _gemm_threads):
-                    pool.set_num_threads(threads)
-            _in_pass.active = False
-    return limited
-
-
-def _blas_pools():
-    """The loaded BLAS libraries' controllers, found once: the search walks every
-    loaded library, and threadpoolctl's `limit` re-reads them all (~10 us a call,
-    against ~1-3 us for these two calls per library). The first call also holds
-    freed memory (hold_freed_memory), unless FASTLENET_HOLD_MEMORY=0."""
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
-        if os.environ.get("FASTLENET_HOLD_MEMORY", "1") != "0":
-            hold_freed_memory()
-    return _blas
-
-
-# glibc's mallopt parameters, the values hold_freed_memory sets and glibc's own starting values
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 64 << 20  # bytes: blocks below it come from the heap (batch 1000's largest array is 19 MB)
-TRIM_THRESHOLD = 256 << 20  # bytes: free heap kept for the next step before any goes back to the system
-GLIBC_THRESHOLD = 128 << 10  # bytes: glibc's initial mmap and trim thresholds
-_heap_held = False
-
-
-def hold_freed_memory():
-    """Keeps the large arrays a step frees in glibc's heap for the next step.
-    By default glibc maps large blocks (from 128 kB; the bar moves with what was
-    freed) and unmaps them on free, and trims the heap's free top, so steps keep
-    faulting in and zeroing fresh pages, and each unmap interrupts the other
-    core to flush its TLB (the README's Memory paragraph has the figures).
-    The working set stays mapped between steps rather than growing past it.
-    Process-wide: the first fast pass takes it (see _blas_pools), and
-    release_freed_memory undoes it. Returns whether it took effect (glibc only)."""
-    return _set_heap_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD)
-
-
-def release_freed_memory():
-    """Gives glibc back its starting thresholds (128 kB each, fixed: glibc's own
-    moving bar does not come back once set). Returns whether it took effect."""
-    return _set_heap_thresholds(GLIBC_THRESHOLD, GLIBC_THRESHOLD)
-
-
-def _set_heap_thresholds(mmap_bytes, trim_bytes):
-    global _heap_held
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    mallopt = ctypes.CDLL(None).mallopt
-    took = bool(mallopt(M_MMAP_THRESHOLD, mmap_bytes) and mallopt(M_TRIM_THRESHOLD, trim_bytes))
-    _heap_held = took and mmap_bytes == MMAP_THRESHOLD
-    return took
 
 
 def cpu_model():
@@ -149,7 +63,7 @@ def environment():
         "llvmlite": llvmlite.__version__,
         "numba_threads": numba.get_num_threads(),
         "numba_threading_layer": layer,
-        "freed_memory_held": _heap_held,
+        "freed_memory_held": policy.heap_held(),
         "blas": blas,
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

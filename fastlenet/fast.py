@@ -10,7 +10,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import core
 from .core import ConvSpec, Layer, LinearSpec, PoolSpec
-from .env import engine_pass
+from .policy import engine_pass
 from .layout import (BATCH_INNERMOST, aligned_empty, aligned_empty_like, batch_innermost, flat,  # noqa: F401
                      interleaved_steps, memory_order, order, planes_steps, same_order)
 # the kernels themselves, not fastlenet.kernels' checked entry points: the arrays here follow the protocol

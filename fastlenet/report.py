@@ -4,6 +4,7 @@ Reads the trainer's results; nothing here feeds back into training."""
 import numpy as np
 
 from . import plots
+from .compiling import kernel_cache_stats
 from .evaluation import predict_proba, report
 from .storage import WEIGHTS_NAME, save_model
 
@@ -43,6 +44,7 @@ def finish(trainer, run, compile_s):
         "epoch_seconds": trainer.epoch_seconds,
         "train_images_per_s": len(trainer.train_idx) * trainer.epoch / train_seconds if train_seconds else None,
         "numba_compile_s": compile_s,
+        "numba_cache": kernel_cache_stats(),
         "backend": trainer.config.backend,
         "threads": trainer.threads,
     }

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .env import engine_pass
+from .policy import engine_pass
 
 
 class Sequential:

@@ -296,8 +296,9 @@ def conv_weight_grad(x, dy, row_step, pos_step, col_step, dw, bias_grad):
         for run in range(1, runs):
             total += acc[pair * runs + run]
             total_bias += bias[pair * runs + run]
-        dw[fo, ch] = total[0].reshape(kh, kw)
-        dw[f2, ch] = total[1].reshape(kh, kw)
+        for t in range(taps):  # element by element: an array assignment's shape check costs seconds to compile
+            dw[fo, ch, t // kw, t % kw] = total[0, t]
+            dw[f2, ch, t // kw, t % kw] = total[1, t]
         if ch == 0:
             bias_grad[fo], bias_grad[f2] = total_bias[0], total_bias[1]
 
@@ -351,6 +352,20 @@ def gather_row(dyf, wc, dy_rows, stride, edge, valid, r, length, row_step, pos_s
             dxf[ch * plane + r * length + q] = total
 
 
+@njit
+def filters_innermost(w):
+    """(F, C, KH, KW) -> a (C, KH, KW, F) copy. By loops: np.ascontiguousarray of the
+    transposed view does the same and costs ~3 s more to compile."""
+    f, c, kh, kw = w.shape
+    wc = np.empty((c, kh, kw, f), w.dtype)
+    for fo in range(f):
+        for ch in range(c):
+            for a in range(kh):
+                for b in range(kw):
+                    wc[ch, a, b, fo] = w[fo, ch, a, b]
+    return wc
+
+
 @kernel(parallel=True)
 def conv_input_grad(dy, w, row_step, pos_step, col_step, dx):
     """dx[c, i + a*row_step, p + a*pos_step + b*col_step] += w[f, c, a, b] * dy[f, i, p]: the
@@ -372,14 +387,15 @@ def conv_input_grad(dy, w, row_step, pos_step, col_step, dx):
     _, rows, length = dx.shape
     edge = reach(kh, kw, pos_step, col_step)
     valid = length - edge  # dy positions that can hold an output
-    wc = np.ascontiguousarray(w.transpose(1, 2, 3, 0))  # (F, C, KH, KW) -> (C, KH, KW, F): filters innermost
+    wc = filters_innermost(w)
     stride = edge + valid + edge + PAD
     padded = np.empty((dy_rows, f, stride), dy.dtype)  # (F, R', L') -> (R', F, edge | valid | edge + PAD)
     for task in prange(dy_rows * f):
         i, fo = task // f, task % f
         row = padded[i, fo]
         row[:edge] = 0
-        row[edge:edge + valid] = dy[fo, i, :valid]
+        for p in range(valid):  # element by element, as in conv_weight_grad
+            row[edge + p] = dy[fo, i, p]
         row[edge + valid:] = 0
     dyf, dxf = padded.reshape(-1), dx.reshape(-1)
     width = 2 * lanes(dx)

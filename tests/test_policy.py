@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from fastlenet import env, layers
+from fastlenet import layers, policy
 from fastlenet.core import Layer
 
 
@@ -36,7 +36,7 @@ class Probe(Layer):
 
 @pytest.fixture
 def two_blas_threads(monkeypatch):
-    monkeypatch.setattr(env, "_gemm_threads", 1)
+    monkeypatch.setattr(policy, "_gemm_threads", 1)
     with threadpool_limits(limits=2, user_api="blas"):
         if blas_threads() != [2]:
             pytest.skip("needs one BLAS library that can run 2 threads")
@@ -55,8 +55,8 @@ def test_passes_run_blas_on_one_thread_and_give_the_pool_back(two_blas_threads):
 
 def test_a_nested_pass_limits_once(two_blas_threads, monkeypatch):
     calls = []
-    pools = env._blas_pools()
-    monkeypatch.setattr(env, "_blas_pools", lambda: calls.append(1) or pools)
+    pools = policy._blas_pools()
+    monkeypatch.setattr(policy, "_blas_pools", lambda: calls.append(1) or pools)
     net = layers.Sequential(layers.Linear(4, 3, rng=0), layers.ReLU(), layers.Linear(3, 2, rng=1))
     net.forward(np.ones((5, 4), np.float32))
     assert calls == [1]
@@ -66,21 +66,27 @@ def test_a_failing_pass_gives_the_pool_back(two_blas_threads):
     net = layers.Sequential(layers.Linear(4, 4, rng=0), Probe(fail=True))
     with pytest.raises(RuntimeError, match="probe"):
         net.forward(np.ones((1, 4), np.float32))
-    assert blas_threads() == [2] and not env._in_pass.active
+    assert blas_threads() == [2] and not policy._in_pass.active
     probe = Probe()
     layers.Sequential(probe).forward(np.ones((1, 4), np.float32))
     assert probe.seen == [[1]]  # the next pass limits again
 
 
 def test_set_threads_chooses_the_passes_blas_threads(two_blas_threads, monkeypatch):
-    monkeypatch.setattr(env, "_gemm_threads", 2)  # what set_threads(blas_threads=2) leaves
+    from fastlenet import env
+    monkeypatch.setattr(policy, "_gemm_threads", 1)
+    env.set_threads(blas_threads=2)
+    assert policy._gemm_threads == 2
     probe = Probe()
     layers.Sequential(probe).forward(np.ones((1, 4), np.float32))
     assert probe.seen == [[2]]
 
 
 CHILD = """
+import sys
 import numpy as np
+from fastlenet import reference
+assert "numba" not in sys.modules, "the reference layers need no Numba"
 from fastlenet import env
 from fastlenet.models import LeNet5
 before = env.environment()["freed_memory_held"]

@@ -303,7 +303,7 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path):
 @pytest.mark.skipif(not __import__("platform").libc_ver()[0] == "glibc", reason="glibc's allocator")
 def test_the_train_command_holds_freed_memory(tmp_path, monkeypatch):
     monkeypatch.setattr("fastlenet.train.load_mnist", lambda *a, **k: DATA)
-    monkeypatch.setattr("fastlenet.env._heap_held", False)  # as in a fresh process: the command must set it
+    monkeypatch.setattr("fastlenet.policy._heap_held", False)  # as in a fresh process: the command must set it
     assert main(["train", "--epochs", "1", "--batch-size", "64", "--val-size", "100", "--out",
                  str(tmp_path / "run"), "--quiet"]) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["environment"]["freed_memory_held"] is True

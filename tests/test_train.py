@@ -268,3 +268,38 @@ def test_the_last_clean_fraction_of_the_epochs_sees_undistorted_images(tmp_path)
     assert not any(np.array_equal(last_clean[k], w[k]) for k in plain for w in (plain, distorted))
     assert [distorted_epochs(TrainConfig(epochs=e)) for e in (1, 2, 3, 10)] == [0, 1, 1, 4]  # the default 0.6
     assert distorted_epochs(TrainConfig(shift=0)) == 0
+
+
+WARM_UP_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import synthetic_mnist
+from fastlenet import kernels, train as training
+from fastlenet.train import TrainConfig, train
+
+def signatures():
+    return {{(name, str(sig)) for name in kernels.__all__[1:] for sig in getattr(kernels, name).kernel.signatures}}
+
+after_warm_up = []
+real = training.warm_up
+def warm_up(*args):
+    seconds = real(*args)
+    after_warm_up.append(signatures())
+    return seconds
+training.warm_up = warm_up
+train(TrainConfig(epochs=2, batch_size=48, eval_every=3, val_size=70, out={out!r}, quiet=True, rotate=10, scale=0.1,
+                  ema=0.9, clean_fraction=0.5), data=synthetic_mnist())
+print(sorted(signatures() - after_warm_up[0]))
+"""
+
+
+def test_the_warm_up_compiles_every_kernel_the_run_calls(tmp_path):
+    """In a fresh process, so that no earlier test has loaded a kernel: nothing a step,
+    a distortion, the average or an evaluation calls is compiled (or loaded) after the warm-up."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    child = WARM_UP_CHILD.format(tests=str(Path(__file__).parent), out=str(tmp_path / "run"))
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
