@@ -105,8 +105,10 @@ class ConvSpec(Layer):
 
     param_names = ("weight", "bias")
 
+    ALGORITHMS = ("auto", "im2col", "direct")  # the fast backend's; the reference has its loops only
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 *, dtype=np.float32, rng=None):
+                 *, dtype=np.float32, rng=None, algorithm="auto"):
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.kernel_size = pair(kernel_size, "kernel_size")
@@ -119,6 +121,12 @@ class ConvSpec(Layer):
             )
         if self.in_channels < 1 or self.out_channels < 1:
             raise ValueError("Conv2D: in_channels and out_channels must be >= 1")
+        if algorithm not in self.ALGORITHMS:
+            raise ValueError(f"Conv2D: algorithm must be one of {', '.join(self.ALGORITHMS)}, got {algorithm!r}")
+        if algorithm == "direct" and self.stride != (1, 1):
+            raise ValueError(f"Conv2D: algorithm 'direct' needs stride 1 (its kernels step one position at a time), "
+                             f"got stride={self.stride}; use 'im2col' or 'auto'")
+        self.algorithm = algorithm
         dtype = float_dtype(dtype)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw

@@ -127,6 +127,8 @@ class Conv2D(ConvSpec):
     - any other stride: im2col + GEMM, the general path. Every window becomes
       a row of a matrix and the convolution one matrix product; the input
       gradient is a GEMM into columns and a Numba col2im scatter.
+
+    `algorithm` = "auto" (the above), "im2col" (at any stride) or "direct" (stride 1).
     """
 
     _cols = None
@@ -134,7 +136,8 @@ class Conv2D(ConvSpec):
     @engine_pass
     def forward(self, x):
         n, f, oh, ow = self._start_forward(x)
-        if self.stride == (1, 1):
+        self._direct = self.algorithm == "direct" or (self.algorithm == "auto" and self.stride == (1, 1))
+        if self._direct:
             (ph, pw), (h, w) = self.padding, x.shape[2:]
             self._layout = layout = RowLayout(n, h + 2 * ph, w + 2 * pw)
             self._x_rows = layout.pack(x, self.padding)
@@ -152,7 +155,7 @@ class Conv2D(ConvSpec):
     @engine_pass
     def backward(self, dy):
         self._check_grad(dy)
-        if self.stride == (1, 1):
+        if self._direct:
             return self._backward_direct(dy)
         dy.sum(axis=(0, 2, 3), out=self.bias.grad)
         n, f, oh, ow = dy.shape

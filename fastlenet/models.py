@@ -17,21 +17,23 @@ class LeNet5(Sequential):
     Parameters are named "c1.weight", "c1.bias", ..., "f7.bias". The same
     seed gives the same initial weights whichever the backend. `normalize`
     is the input preprocessing the weights were trained with (data.preprocess):
-    it is saved and loaded with them.
+    it is saved and loaded with them. `conv` picks the fast convolutions'
+    algorithm (fastlenet.fast.Conv2D): "auto", "im2col" or "direct".
     """
 
     architecture = "lenet5"
     normalize = False
 
-    def __init__(self, backend="fast", dtype=np.float32, seed=0):
+    def __init__(self, backend="fast", dtype=np.float32, seed=0, conv="auto"):
         if backend not in BACKENDS:
             raise ValueError(f"LeNet5: backend must be one of {sorted(BACKENDS)}, got {backend!r}")
         L = BACKENDS[backend]
         self.backend, self.dtype = backend, float_dtype(dtype)
         rng = np.random.default_rng(seed)
+        conv = dict(dtype=self.dtype, rng=rng, algorithm=conv)  # conv: the fast convolutions' algorithm
         super().__init__(
-            ("c1", L.Conv2D(1, 6, 5, dtype=self.dtype, rng=rng)), ("s2", L.MaxPool2D(2)), ("relu2", L.ReLU()),
-            ("c3", L.Conv2D(6, 16, 5, dtype=self.dtype, rng=rng)), ("s4", L.MaxPool2D(2)), ("relu4", L.ReLU()),
+            ("c1", L.Conv2D(1, 6, 5, **conv)), ("s2", L.MaxPool2D(2)), ("relu2", L.ReLU()),
+            ("c3", L.Conv2D(6, 16, 5, **conv)), ("s4", L.MaxPool2D(2)), ("relu4", L.ReLU()),
             ("flatten", L.Flatten()),
             ("f5", L.Linear(16 * 5 * 5, 120, dtype=self.dtype, rng=rng)), ("relu5", L.ReLU()),
             ("f6", L.Linear(120, 84, dtype=self.dtype, rng=rng)), ("relu6", L.ReLU()),
