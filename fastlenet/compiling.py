@@ -1,7 +1,7 @@
 """Numba compiles each kernel for this CPU the first time a machine runs it
 (seconds each) and loads it from its on-disk cache afterwards. `announced`
-says so while it happens, kernel by kernel, so a first run is not a silent
-half minute; `compile_seconds` is what the compiler itself took."""
+says so while it happens, kernel by kernel, with the seconds each took, so a
+first run is not a silent wait; `kernel_cache_stats` counts loads and compiles."""
 
 import sys
 import time

@@ -133,10 +133,13 @@ class Conv2D(ConvSpec):
 
     _cols = None
 
+    @property
+    def _direct(self):
+        return self.algorithm == "direct" or (self.algorithm == "auto" and self.stride == (1, 1))
+
     @engine_pass
     def forward(self, x):
         n, f, oh, ow = self._start_forward(x)
-        self._direct = self.algorithm == "direct" or (self.algorithm == "auto" and self.stride == (1, 1))
         if self._direct:
             (ph, pw), (h, w) = self.padding, x.shape[2:]
             self._layout = layout = RowLayout(n, h + 2 * ph, w + 2 * pw)

@@ -38,17 +38,15 @@ def engine_pass(method):
         if getattr(_in_pass, "active", False):
             return method(*args, **kwargs)
         _in_pass.active = True
-        pools = _blas_pools()
-        found = [pool.get_num_threads() for pool in pools]
+        changed = [(pool, threads) for pool in _blas_pools()
+                   if (threads := pool.get_num_threads()) not in (None, _gemm_threads)]
         try:
-            for pool, threads in zip(pools, found):
-                if threads not in (None, _gemm_threads):
-                    pool.set_num_threads(_gemm_threads)
+            for pool, _ in changed:
+                pool.set_num_threads(_gemm_threads)
             return method(*args, **kwargs)
         finally:
-            for pool, threads in zip(pools, found):
-                if threads not in (None, _gemm_threads):
-                    pool.set_num_threads(threads)
+            for pool, threads in changed:
+                pool.set_num_threads(threads)
             _in_pass.active = False
     return limited
 

@@ -355,7 +355,7 @@ def gather_row(dyf, wc, dy_rows, stride, edge, valid, r, length, row_step, pos_s
 @njit
 def filters_innermost(w):
     """(F, C, KH, KW) -> a (C, KH, KW, F) copy. By loops: np.ascontiguousarray of the
-    transposed view does the same and costs ~3 s more to compile."""
+    transposed view does the same and takes seconds longer to compile."""
     f, c, kh, kw = w.shape
     wc = np.empty((c, kh, kw, f), w.dtype)
     for fo in range(f):
