@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from fastlenet.env import environment, hold_freed_memory, set_threads
+from fastlenet.workloads import LADDER
 
-IMPLS = ["reference", "fast"]
+# impl: the ladder's rungs (reference -> im2col -> direct), so each group's table reads as the ladder
 MATRIX = pytest.mark.parametrize("impl, dtype, batch", [
     pytest.param(impl, dtype, batch, id=f"{impl}-{np.dtype(dtype).name}-{batch}")
-    for impl in IMPLS for dtype in (np.float32, np.float64) for batch in (1, 32, 256)])
+    for impl in LADDER for dtype in (np.float32, np.float64) for batch in (1, 32, 256)])
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,5 +1,6 @@
-"""Reference vs fast, per LeNet-5 layer and pass: one group per (layer, pass)
-with `impl` as the parameter, so each group's table shows the speedup.
+"""The ladder, per LeNet-5 layer and pass: one group per (layer, pass) with
+`impl` = reference | im2col | direct as the parameter, so each group's table
+shows what each rung buys; the same for a training step and inference.
 
     pytest bench/ --benchmark-only --benchmark-group-by=group,param:dtype,param:batch
 """

@@ -21,8 +21,7 @@ from .compiling import kernel_cache_stats
 from .data import FILES, load_mnist, locate, preprocess, search_dirs
 from .env import environment, hold_freed_memory, set_threads
 from .losses import SoftmaxCrossEntropy
-from .models import LeNet5
-from .workloads import LAYERS, gradient_like, layer_case, train_step, training_setup
+from .workloads import LADDER, LAYERS, gradient_like, layer_case, lenet, train_step, training_setup
 
 
 def timed_block(fn, settle=True):
@@ -78,16 +77,18 @@ def mnist_batch(batch, data_dir=None):
 
 
 def max_abs_diff(x, labels):
-    """Largest |fast - reference| over logits and every gradient, same seed and batch, float32."""
+    """{rung: {logits | parameter: largest |rung - reference|}} for the fast rungs:
+    the logits and every gradient, same seed and batch, float32."""
     results = {}
-    for backend in ("fast", "reference"):
-        model, loss = LeNet5(backend, seed=0), SoftmaxCrossEntropy()
+    for impl in LADDER:
+        model, loss = lenet(impl), SoftmaxCrossEntropy()
         logits = model.forward(x)
         loss.forward(logits, labels)
         model.backward(loss.backward())
-        results[backend] = {"logits": logits, **{name: p.grad for name, p in model.named_params.items()}}
-    return {k: float(np.max(np.abs(results["fast"][k].astype(np.float64) - results["reference"][k])))
-            for k in results["fast"]}
+        results[impl] = {"logits": logits, **{name: p.grad for name, p in model.named_params.items()}}
+    reference = results.pop("reference")
+    return {impl: {k: float(np.max(np.abs(a.astype(np.float64) - reference[k]))) for k, a in grads.items()}
+            for impl, grads in results.items()}
 
 
 class TorchPeer:
@@ -125,38 +126,24 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
     hold_freed_memory()
     x, labels, source = mnist_batch(batch_size, data_dir)
 
-    start = time.perf_counter()
-    fast_model, fast_opt, fast_loss = training_setup("fast")
-    train_step(fast_model, fast_opt, fast_loss, x, labels)  # compiles, or loads Numba's disk cache
-    compile_s = time.perf_counter() - start
-    ref_model, ref_opt, ref_loss = training_setup("reference")
+    setups, compile_s = {}, {}
+    for impl in LADDER:  # the first step compiles, or loads Numba's disk cache
+        start = time.perf_counter()
+        setups[impl] = training_setup(impl)
+        train_step(*setups[impl], x, labels)
+        compile_s[impl] = time.perf_counter() - start
 
     result = {"batch_size": batch_size, "repeats": repeats, "reference_repeats": reference_repeats,
-              "data": source, "threads": thread_settings, "compile_s": compile_s, "numba_cache": kernel_cache_stats()}
-
+              "data": source, "threads": thread_settings, "compile_s": compile_s["direct"],
+              "first_step_s": compile_s, "numba_cache": kernel_cache_stats()}
     if layers:
-        result["layers"] = {}
-        for name in LAYERS:
-            row, passes = {}, {"forward": {}, "backward": {}}
-            for backend, turns, n in (("fast", fast_turns, repeats), ("reference", reference_turns, reference_repeats)):
-                layer, lx = layer_case(name, backend, batch_size)
-                dy = gradient_like(layer.forward(lx))
-                layer.backward(dy)
-                # default arguments bind this backend's layer and arrays
-                passes["forward"][backend] = turns(lambda layer=layer, lx=lx: layer.forward(lx), n)
-                passes["backward"][backend] = turns(lambda layer=layer, dy=dy: layer.backward(dy), n)
-            for direction, contenders in passes.items():  # fast and reference take turns, as for the step
-                times = interleaved(contenders)
-                row[f"fast_{direction}_s"], row[f"reference_{direction}_s"] = times["fast"], times["reference"]
-                row[f"{direction}_speedup"] = times["reference"] / times["fast"]
-            result["layers"][name] = row
+        result["layers"] = layer_ladder(batch_size, repeats, reference_repeats)
 
-    # the reference takes turns too, one step at a time, so that the speedup compares like with like
-    steps = {"fast": fast_turns(lambda: train_step(fast_model, fast_opt, fast_loss, x, labels), repeats),
-             "reference": reference_turns(lambda: train_step(ref_model, ref_opt, ref_loss, x, labels),
-                                          reference_repeats)}
-    infers = {"fast": fast_turns(lambda: fast_model.forward(x), repeats),
-              "reference": reference_turns(lambda: ref_model.forward(x), reference_repeats)}
+    # every rung takes turns (the reference one step at a time), so the speedups compare like with like
+    steps = {impl: turns(impl, lambda s=setups[impl]: train_step(*s, x, labels), repeats, reference_repeats)
+             for impl in LADDER}
+    infers = {impl: turns(impl, lambda m=setups[impl][0]: m.forward(x), repeats, reference_repeats)
+              for impl in LADDER}
     torch = TorchPeer(x, labels, thread_settings["numba"]) if with_torch else None
     try:
         if torch and torch.proc:
@@ -167,19 +154,22 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
     finally:
         if torch:
             torch.close()
-    ref_step, ref_infer = step_times["reference"], infer_times["reference"]
-
-    result["train_step"] = {"fast_s": step_times["fast"], "reference_s": ref_step,
-                            "speedup": ref_step / step_times["fast"]}
-    result["inference"] = {"fast_s": infer_times["fast"], "reference_s": ref_infer,
-                           "fast_images_per_s": batch_size / infer_times["fast"],
-                           "reference_images_per_s": batch_size / ref_infer, "speedup": ref_infer / infer_times["fast"]}
-    result["max_abs_diff"] = max_abs_diff(x, labels)
+    result["ladder"] = ladder(step_times, infer_times, batch_size)
+    fast_step, ref_step = step_times["direct"], step_times["reference"]
+    fast_infer, ref_infer = infer_times["direct"], infer_times["reference"]
+    result["train_step"] = {"fast_s": fast_step, "im2col_s": step_times["im2col"], "reference_s": ref_step,
+                            "speedup": ref_step / fast_step}
+    result["inference"] = {"fast_s": fast_infer, "im2col_s": infer_times["im2col"], "reference_s": ref_infer,
+                           "fast_images_per_s": batch_size / fast_infer,
+                           "im2col_images_per_s": batch_size / infer_times["im2col"],
+                           "reference_images_per_s": batch_size / ref_infer, "speedup": ref_infer / fast_infer}
+    result["max_abs_diff_by_rung"] = max_abs_diff(x, labels)
+    result["max_abs_diff"] = result["max_abs_diff_by_rung"]["direct"]
     if "torch" in step_times:
         result["torch"] = {"version": torch.info["version"], "threads": torch.info["threads"],
-                           "train_step_s": step_times["torch"], "ratio": step_times["fast"] / step_times["torch"],
+                           "train_step_s": step_times["torch"], "ratio": fast_step / step_times["torch"],
                            "inference_images_per_s": batch_size / infer_times["torch"],
-                           "inference_ratio": infer_times["fast"] / infer_times["torch"]}
+                           "inference_ratio": fast_infer / infer_times["torch"]}
     else:
         result["torch_skipped"] = "not compared (--no-torch)" if not with_torch else \
             "not installed (pip install -e \".[compare]\" to compare)"
@@ -188,36 +178,84 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
     return result
 
 
+def turns(impl, fn, repeats, reference_repeats):
+    """A contender for `interleaved`: the reference one call a turn, a fast rung blocks of 5."""
+    return reference_turns(fn, reference_repeats) if impl == "reference" else fast_turns(fn, repeats)
+
+
+def layer_ladder(batch_size, repeats, reference_repeats):
+    """{layer: {f"{rung}_{pass}_s": median seconds, f"{pass}_speedup": reference / direct}}: each layer
+    at its place in each rung's LeNet-5, the rungs taking turns per layer and pass."""
+    rows = {}
+    for name in LAYERS:
+        row, passes = {}, {"forward": {}, "backward": {}}
+        for impl in LADDER:
+            layer, lx = layer_case(name, impl, batch_size)
+            dy = gradient_like(layer.forward(lx))
+            layer.backward(dy)
+            # default arguments bind this rung's layer and arrays
+            passes["forward"][impl] = turns(impl, lambda layer=layer, lx=lx: layer.forward(lx), repeats,
+                                            reference_repeats)
+            passes["backward"][impl] = turns(impl, lambda layer=layer, dy=dy: layer.backward(dy), repeats,
+                                             reference_repeats)
+        for direction, contenders in passes.items():
+            times = interleaved(contenders)
+            row.update({f"{impl}_{direction}_s": times[impl] for impl in LADDER})
+            row[f"fast_{direction}_s"] = times["direct"]  # the names before the ladder, kept for readers of the JSON
+            row[f"{direction}_speedup"] = times["reference"] / times["direct"]
+        rows[name] = row
+    return rows
+
+
+def ladder(step_times, infer_times, batch_size):
+    """The rungs in order, PyTorch last when it ran: seconds per training step, images/s
+    in inference, and the step's speedup over the rung before and over the reference."""
+    rows, previous = [], None
+    for impl in [*LADDER, "torch"]:
+        if impl not in step_times:
+            continue
+        step = step_times[impl]
+        rows.append({"rung": impl, "train_step_s": step, "inference_images_per_s": batch_size / infer_times[impl],
+                     "speedup_over_previous": None if previous is None else previous / step,
+                     "speedup_over_reference": step_times["reference"] / step})
+        previous = step
+    return rows
+
+
 def format_bench(r):
     """The human-readable report of run_bench's result."""
     ms = lambda s: f"{s * 1e3:9.3f}"  # noqa: E731
+    first = ", ".join(f"{impl} {s:.2f} s" for impl, s in r["first_step_s"].items())
     lines = [f"fastlenet bench: batch {r['batch_size']}, float32, {r['data']} data; medians of {r['repeats']} "
              f"runs (reference: {r['reference_repeats']}), taking turns, after a warm-up",
              f"threads: Numba {r['threads']['numba']}, BLAS {r['threads']['blas']}; first step (Numba compile or "
-             f"cache load): {r['compile_s']:.2f} s ({r['numba_cache']['cache_misses']} compiled, "
+             f"cache load): {first} ({r['numba_cache']['cache_misses']} compiled, "
              f"{r['numba_cache']['cache_hits']} from cache)", ""]
     if "layers" in r:
-        lines.append(f"{'layer':<14}{'pass':<10}{'reference ms':>13}{'fast ms':>10}{'speedup':>9}")
+        lines.append(f"{'layer':<14}{'pass':<10}{'reference ms':>13}{'im2col ms':>11}{'direct ms':>11}{'speedup':>9}")
         for name, row in r["layers"].items():
             for direction in ("forward", "backward"):
                 lines.append(f"{name:<14}{direction:<10}{ms(row[f'reference_{direction}_s']):>13}"
-                             f"{ms(row[f'fast_{direction}_s']):>10}{row[f'{direction}_speedup']:>8.1f}x")
+                             f"{ms(row[f'im2col_{direction}_s']):>11}{ms(row[f'direct_{direction}_s']):>11}"
+                             f"{row[f'{direction}_speedup']:>8.1f}x")
         lines.append("")
-    t, i = r["train_step"], r["inference"]
-    lines += [f"training step (forward + backward + Adam): reference {ms(t['reference_s'])} ms, "
-              f"fast {ms(t['fast_s'])} ms -> {t['speedup']:.1f}x",
-              f"inference: reference {i['reference_images_per_s']:,.0f} images/s, fast {i['fast_images_per_s']:,.0f} "
-              f"images/s -> {i['speedup']:.1f}x"]
+    lines.append(f"{'the ladder':<12}{'step ms':>10}{'vs previous':>13}{'vs reference':>14}{'inference img/s':>17}")
+    for row in r["ladder"]:
+        previous = "" if row["speedup_over_previous"] is None else f"{row['speedup_over_previous']:.2f}x"
+        name = f"PyTorch {r['torch']['version']}" if row["rung"] == "torch" else row["rung"]
+        lines.append(f"{name:<12}{ms(row['train_step_s']):>10}{previous:>13}{row['speedup_over_reference']:>13.1f}x"
+                     f"{row['inference_images_per_s']:>17,.0f}")
+    lines.append("(a training step: forward + backward + Adam; direct is the fast backend's default here)")
     if "torch" in r:
         tt = r["torch"]
-        lines.append(f"PyTorch {tt['version']} ({tt['threads']} threads), interleaved: step {ms(tt['train_step_s'])} ms, "
-                     f"inference {tt['inference_images_per_s']:,.0f} images/s; fastlenet / PyTorch step time = "
-                     f"{tt['ratio']:.2f}")
+        lines.append(f"PyTorch ({tt['threads']} threads) ran in a child process, interleaved: fastlenet / PyTorch "
+                     f"step time = {tt['ratio']:.2f}, inference time = {tt['inference_ratio']:.2f}")
     else:
         lines.append(f"PyTorch: {r['torch_skipped']}")
-    worst = max(r["max_abs_diff"].items(), key=lambda kv: kv[1])
-    lines.append(f"fast vs reference on this batch: max |difference| {worst[1]:.2e} ({worst[0]}); "
-                 f"logits {r['max_abs_diff']['logits']:.2e}")
+    for impl, diffs in r["max_abs_diff_by_rung"].items():
+        worst = max(diffs.items(), key=lambda kv: kv[1])
+        lines.append(f"{impl} vs reference on this batch: max |difference| {worst[1]:.2e} ({worst[0]}); "
+                     f"logits {diffs['logits']:.2e}")
     e = r["env"]
     lines.append(f"env: {e['cpu']}, {e['cores']} cores; Python {e['python']}, NumPy {e['numpy']}, Numba {e['numba']} "
                  f"({e['numba_threading_layer']}), llvmlite {e['llvmlite']}; BLAS "

@@ -37,6 +37,7 @@ def add_train(sub):
 
 
 def build_parser():
+    from .core import ALGORITHMS
     parser = argparse.ArgumentParser(prog="fastlenet", description="LeNet-5 on MNIST in NumPy + Numba.")
     parser.add_argument("--version", action="version", version=f"fastlenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +83,8 @@ def build_parser():
     f.add_argument("--steps", type=int, default=50)
     f.add_argument("--batch-size", type=int, default=256)
     f.add_argument("--backend", choices=["fast", "reference"], default="fast")
+    f.add_argument("--conv", choices=ALGORITHMS, default="auto", help="the fast backend's rung for convolutions "
+                                                                      "and pools (the README's ladder)")
     f.add_argument("--threads", type=int)
     f.add_argument("--blas-threads", type=int, default=1)
     f.add_argument("--trace", metavar="FILE", help="write a Chrome trace-event JSON (Perfetto, chrome://tracing)")
@@ -196,7 +199,7 @@ def cmd_profile(args):
     from .storage import json_text
     positive(steps=args.steps, batch_size=args.batch_size, threads=args.threads, blas_threads=args.blas_threads)
     result = profile_training(args.steps, args.batch_size, args.backend, args.threads, args.blas_threads,
-                              args.data_dir, args.trace, args.cprofile)
+                              args.data_dir, args.trace, args.cprofile, conv=args.conv)
     print(json_text(result) if args.json else format_profile(result))
 
 

@@ -100,12 +100,18 @@ class Layer:
             raise TypeError(f"{self!r}: gradient dtype {dy.dtype} does not match the forward dtype {self._dtype}")
 
 
+ALGORITHMS = ("auto", "im2col", "direct")  # the fast backend's rungs; the reference has its loops only
+
+
+def check_algorithm(layer, algorithm):
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"{layer}: algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+
+
 class ConvSpec(Layer):
     """Constructor, parameters and input checks of Conv2D, for both backends."""
 
     param_names = ("weight", "bias")
-
-    ALGORITHMS = ("auto", "im2col", "direct")  # the fast backend's; the reference has its loops only
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  *, dtype=np.float32, rng=None, algorithm="auto"):
@@ -121,8 +127,7 @@ class ConvSpec(Layer):
             )
         if self.in_channels < 1 or self.out_channels < 1:
             raise ValueError("Conv2D: in_channels and out_channels must be >= 1")
-        if algorithm not in self.ALGORITHMS:
-            raise ValueError(f"Conv2D: algorithm must be one of {', '.join(self.ALGORITHMS)}, got {algorithm!r}")
+        check_algorithm("Conv2D", algorithm)
         if algorithm == "direct" and self.stride != (1, 1):
             raise ValueError(f"Conv2D: algorithm 'direct' needs stride 1 (its kernels step one position at a time), "
                              f"got stride={self.stride}; use 'im2col' or 'auto'")
@@ -159,12 +164,14 @@ class ConvSpec(Layer):
 class PoolSpec(Layer):
     """Constructor and input checks of MaxPool2D, for both backends."""
 
-    def __init__(self, kernel_size=2, stride=None):
+    def __init__(self, kernel_size=2, stride=None, *, algorithm="auto"):
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else pair(stride, "stride")
         if min(self.kernel_size) < 1 or min(self.stride) < 1:
             raise ValueError(f"MaxPool2D: kernel_size and stride must be >= 1, got "
                              f"kernel_size={self.kernel_size}, stride={self.stride}")
+        check_algorithm("MaxPool2D", algorithm)
+        self.algorithm = algorithm
         self._out_shape = None
 
     def __repr__(self):

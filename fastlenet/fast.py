@@ -18,7 +18,7 @@ from .kernels.col2im import col2im
 from .kernels.conv import conv_forward, conv_input_grad, conv_weight_grad
 from .kernels.im2col import gather_windows
 from .kernels.pool import (maxpool2x2_backward_interleaved, maxpool2x2_forward, maxpool2x2_forward_interleaved,
-                           maxpool_backward, maxpool_forward)
+                           maxpool_backward, maxpool_forward, window_max, window_scatter)
 from .kernels.relayout import gradient_to_planes, interleave
 from .kernels.relu import relu_backward, relu_forward
 from .sequential import Sequential
@@ -30,22 +30,48 @@ def _pad(x, ph, pw):
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
 
 
-def im2col(x_pad, kernel, stride, out_hw, out=None):
-    """Every window as a row: (N, C, HP, WP) -> (N*OH*OW, C*KH*KW), one copy.
-
-    The strided view (N, OH, OW, C, KH, KW) costs nothing; a Numba kernel
-    copies it into the contiguous matrix the GEMM wants (into `out` when its
-    shape and dtype fit, so a layer reuses one buffer from step to step).
-    """
-    n, c = x_pad.shape[:2]
+def window_view(x, kernel, stride, out_hw):
+    """Every (KH, KW) window of x (N, C, H, W) at the given stride, as the view
+    (N, C, OH, OW, KH, KW) of x's memory: no copy, any memory order."""
+    n, c = x.shape[:2]
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
-    s_n, s_c, s_h, s_w = x_pad.strides
-    windows = as_strided(x_pad, (n, oh, ow, c, kh, kw), (s_n, s_h * sh, s_w * sw, s_c, s_h, s_w),
-                         writeable=False)
-    cols_shape = (n * oh * ow, c * kh * kw)
-    if out is None or out.shape != cols_shape or out.dtype != x_pad.dtype:
-        out = np.empty(cols_shape, x_pad.dtype)
-    gather_windows(windows, out.reshape(windows.shape))
+    s_n, s_c, s_h, s_w = x.strides
+    return as_strided(x, (n, c, oh, ow, kh, kw), (s_n, s_c, s_h * sh, s_w * sw, s_h, s_w), writeable=False)
+
+
+def channels_innermost(x, padding):
+    """x (N, C, H, W) as a (N, HP, WP, C) C-contiguous array, zero-padded: free when
+    x lies channels-innermost and needs no padding (an im2col layer's output, or
+    any one-channel image), else one copy."""
+    (n, c, h, w), (ph, pw) = x.shape, padding
+    inner = x.transpose(0, 2, 3, 1)  # (N, H, W, C) view
+    if not (ph or pw) and inner.flags.c_contiguous:
+        return inner
+    padded = aligned_empty((n, h + 2 * ph, w + 2 * pw, c), x.dtype)
+    if ph or pw:
+        padded[...] = 0
+    padded[:, ph:ph + h, pw:pw + w] = inner
+    return padded
+
+
+def im2col(x, kernel, stride, padding, out_hw, out=None):
+    """Every window as a row, channels innermost, then a 1 (the bias's column):
+    (N, C, H, W) -> (N*OH*OW, KH*KW*C + 1), one copy, in parallel.
+
+    The strided view (N, OH, OW, KH, KW*C) of the channels-innermost input
+    costs nothing; a Numba kernel copies it into the contiguous matrix the
+    GEMM wants (into `out` when its shape and dtype fit, so a layer reuses one
+    buffer from step to step).
+    """
+    rows = channels_innermost(x, padding)
+    n, _, _, c = rows.shape
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    s_n, s_h, s_w, _ = rows.strides  # C-contiguous: a run of KW*C steps one item (C's own stride means nothing when C = 1)
+    windows = as_strided(rows, (n, oh, ow, kh, kw * c), (s_n, s_h * sh, s_w * sw, s_h, rows.itemsize), writeable=False)
+    cols_shape = (n * oh * ow, kh * kw * c + 1)
+    if out is None or out.shape != cols_shape or out.dtype != x.dtype:
+        out = aligned_empty(cols_shape, x.dtype)
+    gather_windows(windows, out)
     return out
 
 
@@ -119,19 +145,21 @@ class RowLayout:
 class Conv2D(ConvSpec):
     """Two algorithms, both checked against the reference:
 
-    - stride 1: direct Numba kernels (fastlenet.kernels.conv) on the batch
-      laid out in long rows (RowLayout): contiguous multiply-adds and no
+    - "direct" (stride 1): Numba kernels (fastlenet.kernels.conv) on the batch
+      laid out in long rows (RowLayout): register-blocked multiply-adds and no
       columns at all. LeNet's GEMMs are too thin (K = 25 or 150, 6 or 16
       outputs) to pay for the copy that feeds them, and with the batch
       innermost no window is wasted (the README has the measurements).
-    - any other stride: im2col + GEMM, the general path. Every window becomes
-      a row of a matrix and the convolution one matrix product; the input
-      gradient is a GEMM into columns and a Numba col2im scatter.
+    - "im2col" (any stride): every window becomes a row of a matrix, with a 1
+      for the bias, and the convolution is one GEMM; the weight and bias
+      gradients are one GEMM, the input gradient a GEMM into reused columns and
+      a parallel Numba col2im scatter.
 
-    `algorithm` = "auto" (the above), "im2col" (at any stride) or "direct" (stride 1).
+    "auto" takes direct at stride 1 and im2col otherwise (the README's ladder
+    has the measurements behind the rule).
     """
 
-    _cols = None
+    _cols = _dcols = None  # the im2col rung's columns and their gradient, reused from step to step
 
     @property
     def _direct(self):
@@ -147,30 +175,36 @@ class Conv2D(ConvSpec):
             y_rows = layout.empty(f, oh, ow, x.dtype)
             conv_forward(self._x_rows, self.weight.value, self.bias.value, *layout.steps, y_rows)
             return layout.unpack(y_rows, oh, ow)
-        x_pad = _pad(x, *self.padding)
-        self._x_pad_shape = x_pad.shape
-        self._cols = im2col(x_pad, self.kernel_size, self.stride, (oh, ow), self._cols)  # (N*OH*OW, C*KH*KW)
-        y = self._cols @ self.weight.value.reshape(f, -1).T                               # (N*OH*OW, F)
-        y += self.bias.value
+        self._x_hw = x.shape[2:]
+        self._cols = im2col(x, self.kernel_size, self.stride, self.padding, (oh, ow), self._cols)
+        # (F, C, KH, KW) -> (F, KH*KW*C + 1): the columns' order, then the bias
+        self._weights = np.concatenate([self.weight.value.transpose(0, 2, 3, 1).reshape(f, -1),
+                                        self.bias.value[:, None]], axis=1)
+        y_rows = aligned_empty((n * oh * ow, f), x.dtype)
+        np.matmul(self._cols, self._weights.T, out=y_rows)  # (N*OH*OW, K+1) @ (K+1, F)
         # (N*OH*OW, F) -> (N, OH, OW, F) -> NCHW view: channels stay innermost in memory
-        return y.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
+        return y_rows.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
 
     @engine_pass
     def backward(self, dy):
         self._check_grad(dy)
         if self._direct:
             return self._backward_direct(dy)
-        dy.sum(axis=(0, 2, 3), out=self.bias.grad)
         n, f, oh, ow = dy.shape
-        dy_rows = dy.transpose(0, 2, 3, 1).reshape(n * oh * ow, f)  # free when dy came from forward's layout
-        np.matmul(dy_rows.T, self._cols, out=self.weight.grad.reshape(f, -1))
+        dy_rows = dy.transpose(0, 2, 3, 1).reshape(n * oh * ow, f)  # free when dy lies as forward left y
+        grads = dy_rows.T @ self._cols  # (F, K+1): the weight gradient, and the bias's in the ones column
+        (kh, kw), c = self.kernel_size, self.in_channels
+        self.weight.grad[...] = grads[:, :-1].reshape(f, kh, kw, c).transpose(0, 3, 1, 2)
+        self.bias.grad[...] = grads[:, -1]
         if not self.input_grad:
             return None
-        (kh, kw), (c, hp, wp) = self.kernel_size, self._x_pad_shape[1:]
-        dcols = dy_rows @ self.weight.value.reshape(f, -1)  # (N*OH*OW, C*KH*KW)
-        dx_pad = np.empty((n, c, hp, wp), dy.dtype)
-        col2im(dcols.reshape(n, oh, ow, c, kh, kw), *self.stride, dx_pad)
-        return self._crop(dx_pad)
+        if self._dcols is None or self._dcols.shape != (n * oh * ow, kh * kw * c) or self._dcols.dtype != dy.dtype:
+            self._dcols = aligned_empty((n * oh * ow, kh * kw * c), dy.dtype)
+        np.matmul(dy_rows, self._weights[:, :-1], out=self._dcols)  # (N*OH*OW, F) @ (F, K)
+        h, w = self._x_hw
+        dx = aligned_empty((n, h, w, c), dy.dtype)
+        col2im(self._dcols.reshape(n, oh, ow, kh, kw * c), *self.stride, *self.padding, dx)
+        return dx.transpose(0, 3, 1, 2)  # (N, H, W, C) -> NCHW view, channels innermost as the im2col rung lays them
 
     def _backward_direct(self, dy):
         layout = self._layout
@@ -188,14 +222,29 @@ class Conv2D(ConvSpec):
 
 
 class MaxPool2D(PoolSpec):
-    """Numba kernels: any window and stride, and LeNet's 2x2 windows at stride 2
-    specialised, also for a batch-innermost input (a large batch's convolution
-    output), whose output then stays batch-innermost. The argmax (a flat index
-    in the plane) is what backward needs."""
+    """Two algorithms, as for Conv2D:
+
+    - "direct": Numba kernels over the input's planes, any window and stride,
+      and LeNet's 2x2 windows at stride 2 specialised, also for a batch-innermost
+      input (a large batch's direct convolution output), whose output then
+      stays batch-innermost. The argmax is a flat index in the plane.
+    - "im2col": the as_strided view of every window (no copy), a Numba max
+      and argmax (the place in the window) over it, and a scatter back; output
+      and gradient keep the input's memory order (the im2col convolution's
+      channels-innermost output, so its backward reads dy in place).
+
+    "auto" is direct: it is faster on every shape measured (the README's ladder).
+    """
 
     def forward(self, x):
         n, c, oh, ow = self._start_forward(x)
         self._x_shape = x.shape
+        if self.algorithm == "im2col":
+            self._x = x
+            y = aligned_empty_like(x, shape=(n, c, oh, ow))
+            self._argmax = aligned_empty_like(x, np.int32, (n, c, oh, ow))
+            window_max(window_view(x, self.kernel_size, self.stride, (oh, ow)), y, self._argmax)
+            return y
         two_by_two = self.kernel_size == self.stride == (2, 2)
         self._interleaved = two_by_two and order(x) == BATCH_INNERMOST
         if self._interleaved:
@@ -212,6 +261,10 @@ class MaxPool2D(PoolSpec):
     def backward(self, dy):
         self._check_grad(dy)
         n, c, h, w = self._x_shape
+        if self.algorithm == "im2col":
+            dx = aligned_empty_like(self._x)
+            window_scatter(dy, self._argmax, *self.kernel_size, *self.stride, dx)
+            return dx
         if self._interleaved:
             dx = aligned_empty((c, h, w, n), dy.dtype)
             maxpool2x2_backward_interleaved(dy.transpose(1, 2, 3, 0), self._argmax, dx)

@@ -31,12 +31,14 @@ def aligned_empty(shape, dtype):
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def aligned_empty_like(a, dtype=None):
-    """aligned_empty in a's memory order, as np.empty_like's order "K"."""
+def aligned_empty_like(a, dtype=None, shape=None):
+    """aligned_empty in a's memory order, as np.empty_like's order "K"; of another
+    `shape` (as many axes as a: a layer's output laid out as its input)."""
+    shape = a.shape if shape is None else shape
     if a.flags.c_contiguous:
-        return aligned_empty(a.shape, dtype or a.dtype)
+        return aligned_empty(shape, dtype or a.dtype)
     axes = memory_order(a)
-    dense = aligned_empty([a.shape[axis] for axis in axes], dtype or a.dtype)
+    dense = aligned_empty([shape[axis] for axis in axes], dtype or a.dtype)
     return dense.transpose(sorted(range(a.ndim), key=axes.__getitem__))  # back to a's axis order
 
 

@@ -17,8 +17,9 @@ class LeNet5(Sequential):
     Parameters are named "c1.weight", "c1.bias", ..., "f7.bias". The same
     seed gives the same initial weights whichever the backend. `normalize`
     is the input preprocessing the weights were trained with (data.preprocess):
-    it is saved and loaded with them. `conv` picks the fast convolutions'
-    algorithm (fastlenet.fast.Conv2D): "auto", "im2col" or "direct".
+    it is saved and loaded with them. `conv` picks the fast engine's rung for
+    the convolutions and the pools (fastlenet.fast.Conv2D, MaxPool2D): "auto",
+    "im2col" or "direct".
     """
 
     architecture = "lenet5"
@@ -30,10 +31,11 @@ class LeNet5(Sequential):
         L = BACKENDS[backend]
         self.backend, self.dtype = backend, float_dtype(dtype)
         rng = np.random.default_rng(seed)
-        conv = dict(dtype=self.dtype, rng=rng, algorithm=conv)  # conv: the fast convolutions' algorithm
+        self.conv = conv
+        rung = dict(dtype=self.dtype, rng=rng, algorithm=conv)
         super().__init__(
-            ("c1", L.Conv2D(1, 6, 5, **conv)), ("s2", L.MaxPool2D(2)), ("relu2", L.ReLU()),
-            ("c3", L.Conv2D(6, 16, 5, **conv)), ("s4", L.MaxPool2D(2)), ("relu4", L.ReLU()),
+            ("c1", L.Conv2D(1, 6, 5, **rung)), ("s2", L.MaxPool2D(2, algorithm=conv)), ("relu2", L.ReLU()),
+            ("c3", L.Conv2D(6, 16, 5, **rung)), ("s4", L.MaxPool2D(2, algorithm=conv)), ("relu4", L.ReLU()),
             ("flatten", L.Flatten()),
             ("f5", L.Linear(16 * 5 * 5, 120, dtype=self.dtype, rng=rng)), ("relu5", L.ReLU()),
             ("f6", L.Linear(120, 84, dtype=self.dtype, rng=rng)), ("relu6", L.ReLU()),

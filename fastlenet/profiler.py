@@ -48,11 +48,11 @@ class Recorder:
 
 
 def profile_training(steps=50, batch_size=256, backend="fast", threads=None, blas_threads=1, data_dir=None,
-                     trace=None, cprofile=None, warmup=3):
+                     trace=None, cprofile=None, warmup=3, conv="auto"):
     thread_settings = set_threads(threads, blas_threads)
     hold_freed_memory()
     images, labels, source = raw_mnist(batch_size * 8, data_dir)
-    model, optimizer, loss = training_setup(backend)
+    model, optimizer, loss = training_setup(conv if backend == "fast" and conv != "auto" else backend)
     rng = np.random.default_rng(0)
 
     def batch():
@@ -100,12 +100,13 @@ def profile_training(steps=50, batch_size=256, backend="fast", threads=None, bla
     rows.append({"name": "data", "forward_ms": 1e3 * totals["data"] / steps, "backward_ms": 0.0})
     for row in rows:
         row["share"] = (row["forward_ms"] + row["backward_ms"]) / step_ms
-    return {"backend": backend, "steps": steps, "batch_size": batch_size, "data": source, "threads": thread_settings,
+    return {"backend": backend, "conv": conv, "steps": steps, "batch_size": batch_size, "data": source, "threads": thread_settings,
             "step_ms": step_ms, "wall_s": wall, "rows": rows}
 
 
 def format_profile(p):
-    lines = [f"fastlenet profile: {p['backend']} backend, {p['steps']} steps of batch {p['batch_size']} "
+    rung = f" ({p['conv']} rung)" if p["backend"] == "fast" else ""
+    lines = [f"fastlenet profile: {p['backend']} backend{rung}, {p['steps']} steps of batch {p['batch_size']} "
              f"({p['data']}), Numba {p['threads']['numba']} / BLAS {p['threads']['blas']} threads",
              f"{'part':<12}{'forward ms':>12}{'backward ms':>13}{'share':>8}"]
     for row in p["rows"]:

@@ -13,6 +13,7 @@ import operator
 import typing
 from dataclasses import asdict, dataclass, field, fields
 
+from .core import ALGORITHMS
 from .errors import FastLeNetError
 from .schedules import LR_SCHEDULES
 
@@ -53,6 +54,8 @@ class TrainConfig:
     backend: str = setting("fast", "fast (Numba kernels) or reference (per-pixel loops)",
                            choices=("fast", "reference"))
     dtype: str = setting("float32", "float32 (training) or float64 (checks)", choices=("float32", "float64"))
+    conv: str = setting("auto", "the fast engine's rung for convolutions and pools: auto (direct at stride 1), "
+                                "im2col (window view + GEMM) or direct; see the README's ladder", choices=ALGORITHMS)
     threads: int | None = setting(None, "Numba threads (default: all cores)", minimum=1, maximum=cores,
                                   resumable=True)
     blas_threads: int = setting(1, "BLAS threads (default 1: see the README's Threads section)", minimum=1,

@@ -238,7 +238,7 @@ def data_order_rng(seed):
 
 
 def new_model(config, seed):
-    model = LeNet5(config.backend, np.dtype(config.dtype), seed=seed)
+    model = LeNet5(config.backend, np.dtype(config.dtype), seed=seed, conv=config.conv)
     model.normalize = config.normalize
     return model
 

@@ -1,5 +1,5 @@
 """The LeNet-5 workloads that benchmarks and profiles time: each layer at its
-place in the network, and a whole training step."""
+place in the network, and a whole training step, on each rung of the ladder."""
 
 import time
 
@@ -15,12 +15,24 @@ LAYERS = {"conv2d-c1": "c1", "maxpool2d-s2": "s2", "relu-s2": "relu2", "conv2d-c
           "linear-f5": "f5", "linear-f6": "f6", "linear-f7": "f7"}
 
 
-def layer_case(name, backend, batch, dtype=np.float32, seed=0):
-    """A layer of a seeded LeNet5 on `backend` and its input there: a synthetic
-    batch run through the layers before it, so that the input has the values and
-    the memory layout the layer meets in training (the fast layers keep a large
-    batch innermost; C1 computes no input gradient)."""
-    model = LeNet5(backend, dtype, seed)
+# the engine's ladder, slowest first: the reference's loops, the fast backend's im2col rung, its direct rung
+LADDER = ("reference", "im2col", "direct")
+
+
+def lenet(impl, dtype=np.float32, seed=0):
+    """A seeded LeNet5 on `impl`: a rung of LADDER, or a backend ("fast": its automatic choice)."""
+    if impl in ("im2col", "direct"):
+        return LeNet5("fast", dtype, seed, conv=impl)
+    return LeNet5(impl, dtype, seed)
+
+
+def layer_case(name, impl, batch, dtype=np.float32, seed=0):
+    """A layer of a seeded LeNet5 on `impl` (see lenet) and its input there: a
+    synthetic batch run through the layers before it, so that the input has the
+    values and the memory layout the layer meets in training (the direct rung
+    keeps a large batch innermost, the im2col rung the channels; C1 computes no
+    input gradient)."""
+    model = lenet(impl, dtype, seed)
     x, _ = synthetic_batch(batch, dtype, seed)
     place = model.layer_names.index(LAYERS[name])
     for layer in model.layers[:place]:
@@ -49,9 +61,9 @@ def synthetic_batch(batch, dtype=np.float32, seed=0):
     return rng.random((batch, 1, 32, 32)).astype(dtype), rng.integers(0, 10, batch)
 
 
-def training_setup(backend, dtype=np.float32, seed=0, lr=1e-3):
-    """LeNet5, Adam and the loss: what a benchmark step needs."""
-    model = LeNet5(backend, dtype, seed)
+def training_setup(impl, dtype=np.float32, seed=0, lr=1e-3):
+    """LeNet5 on `impl` (see lenet), Adam and the loss: what a benchmark step needs."""
+    model = lenet(impl, dtype, seed)
     return model, Adam(model.params, lr=lr), SoftmaxCrossEntropy()
 
 

@@ -6,24 +6,36 @@ from .jit import kernel
 
 
 @kernel(parallel=True)
-def col2im(cols, stride_h, stride_w, out):
-    """Sums every window's gradient into the (padded) input gradient.
+def col2im(cols, stride_h, stride_w, pad_h, pad_w, out):
+    """Sums every window's gradient into the channels-innermost input gradient.
 
-    cols: (N, OH, OW, C, KH, KW) gradient of each window's pixels
-    out:  (N, C, HP, WP) padded input gradient, overwritten
+    cols: (N, OH, OW, KH, KW*C) gradient of each window's pixels (the GEMM's
+          (N*OH*OW, KH*KW*C) columns): a window's row of KW pixels is one run
+    out:  (N, H, W, C) C-contiguous, overwritten; what falls in the padding
+          is dropped
 
     Windows overlap when the stride is smaller than the kernel, so pixels get
-    several contributions; each image is summed by one thread, reading its
-    rows of `cols` in memory order, so there are no races and the summation
-    order is fixed whatever the thread count.
+    several contributions. Each image has one task and no window reaches into
+    another image: no races, and every pixel sums its contributions in one
+    order, whatever the thread count.
     """
-    n, oh, ow, c, kh, kw = cols.shape
+    n, oh, ow, kh, run = cols.shape
+    h, w, c = out.shape[1], out.shape[2], out.shape[3]
+    zero = out.dtype.type(0)
     for img in prange(n):
-        out[img] = 0
+        image = out[img].reshape(h, w * c)
+        for r in range(h):
+            for k in range(w * c):
+                image[r, k] = zero
         for i in range(oh):
             for j in range(ow):
-                r0, c0 = i * stride_h, j * stride_w
-                for ch in range(c):
-                    for a in range(kh):
-                        for b in range(kw):
-                            out[img, ch, r0 + a, c0 + b] += cols[img, i, j, ch, a, b]
+                start = (j * stride_w - pad_w) * c  # the runs' first item in a row; may lie in the padding
+                first, stop = max(0, -start), min(run, w * c - start)
+                # the window's rows in turn: no add half-overlaps the one just before it
+                # (a vector load across a store still in flight stalls; j innermost did)
+                for a in range(kh):
+                    r = i * stride_h + a - pad_h
+                    if 0 <= r < h:
+                        target, src = image[r], cols[img, i, j, a]
+                        for k in range(first, stop):
+                            target[start + k] += src[k]

@@ -1,5 +1,6 @@
 """Max-pooling forward (value and argmax) and backward (scatter to the argmax)."""
 
+import numpy as np
 from numba import prange
 
 from .jit import kernel
@@ -120,3 +121,56 @@ def maxpool2x2_backward_interleaved(dy, argmax, out):
             g, where, index = dy[ch, r // 2, col // 2], argmax[ch, r // 2, col // 2], r * w + col
             for img in range(n):
                 target[img] = g[img] if where[img] == index else zero
+
+
+
+@kernel(parallel=True)
+def window_max(windows, out, argmax):
+    """The im2col rung's pool: the max of every window of a strided view.
+
+    windows: (N, C, OH, OW, KH, KW) as_strided view of the input (no copy)
+    out, argmax: (N, C, OH, OW), any strides; argmax int32, the maximum's place
+    in its window (a * KW + b), the first maximum winning a tie, as in maxpool_forward.
+    One task per image, channels innermost: the order the im2col rung lays them in.
+    """
+    n, c, oh, ow, kh, kw = windows.shape
+    for img in prange(n):
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    best, where = windows[img, ch, i, j, 0, 0], 0
+                    for a in range(kh):
+                        for b in range(kw):
+                            v = windows[img, ch, i, j, a, b]
+                            if v > best:
+                                best, where = v, a * kw + b
+                    out[img, ch, i, j] = best
+                    argmax[img, ch, i, j] = where
+
+
+@kernel(parallel=True)
+def window_scatter(dy, argmax, kh, kw, stride_h, stride_w, out):
+    """window_max's backward: each window's gradient added at its maximum.
+
+    dy, argmax: (N, C, OH, OW); out: (N, C, H, W), any strides, overwritten.
+    One task per image: overlapping windows sharing a maximum add in a fixed
+    order, without races. A place in the window becomes a row and column offset
+    through two small tables (an integer division per element cost more than the scatter).
+    """
+    n, c, oh, ow = dy.shape
+    h, w = out.shape[2], out.shape[3]
+    zero = out.dtype.type(0)
+    row_of, col_of = np.empty(kh * kw, np.int64), np.empty(kh * kw, np.int64)
+    for where in range(kh * kw):
+        row_of[where], col_of[where] = where // kw, where % kw
+    for img in prange(n):
+        target = out[img]
+        for r in range(h):
+            for col in range(w):
+                for ch in range(c):
+                    target[ch, r, col] = zero
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    where = argmax[img, ch, i, j]
+                    target[ch, i * stride_h + row_of[where], j * stride_w + col_of[where]] += dy[img, ch, i, j]

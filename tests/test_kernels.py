@@ -10,9 +10,9 @@ from numba.core.errors import TypingError
 
 from fastlenet import kernels
 from fastlenet.kernels.simd import fma, lanes, load, splat, store
-from fastlenet.kernels import (col2im, interleave, maxpool2x2_backward_interleaved, maxpool2x2_forward,
-                               maxpool2x2_forward_interleaved, maxpool_backward, maxpool_forward,
-                               softmax_cross_entropy)
+from fastlenet.kernels import (col2im, gather_windows, interleave, maxpool2x2_backward_interleaved,
+                               maxpool2x2_forward, maxpool2x2_forward_interleaved, maxpool_backward, maxpool_forward,
+                               softmax_cross_entropy, window_max, window_scatter)
 
 
 def compiled_and_python(kernel):
@@ -21,19 +21,56 @@ def compiled_and_python(kernel):
 
 
 @pytest.mark.parametrize("kernel", compiled_and_python(col2im))
-@pytest.mark.parametrize("kernel_size, stride", [(3, 1), (2, 2), (3, 2), (1, 1)])
-def test_col2im_sums_every_window(kernel, kernel_size, stride):
+@pytest.mark.parametrize("kernel_size, stride, pad", [(3, 1, 0), (2, 2, 0), (3, 2, 1), (1, 1, 0), (3, 1, 2)])
+def test_col2im_sums_every_window(kernel, kernel_size, stride, pad):
     rng = np.random.default_rng(0)
     n, c, oh, ow, k = 2, 3, 4, 5, kernel_size
-    cols = rng.standard_normal((n, oh, ow, c, k, k))
+    cols = rng.standard_normal((n, oh, ow, k, k, c))  # (N, OH, OW, KH, KW, C): channels innermost
     hp, wp = (oh - 1) * stride + k, (ow - 1) * stride + k
-    expected = np.zeros((n, c, hp, wp))
+    padded = np.zeros((n, hp, wp, c))
     for i in range(oh):
         for j in range(ow):
-            expected[:, :, i * stride:i * stride + k, j * stride:j * stride + k] += cols[:, i, j]
-    out = np.full((n, c, hp, wp), np.nan)  # must be overwritten, not accumulated into
-    kernel(cols, stride, stride, out)
+            padded[:, i * stride:i * stride + k, j * stride:j * stride + k] += cols[:, i, j]
+    expected = padded[:, pad:hp - pad, pad:wp - pad]  # what falls in the padding is dropped
+    out = np.full(expected.shape, np.nan)  # must be overwritten, not accumulated into
+    kernel(cols.reshape(n, oh, ow, k, k * c), stride, stride, pad, pad, out)
     np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("kernel", compiled_and_python(gather_windows))
+def test_gather_windows_copies_each_window_then_a_one(kernel):
+    x = np.arange(2 * 4 * 5 * 3, dtype=np.float64).reshape(2, 4, 5, 3)  # (N, H, W, C)
+    s_n, s_h, s_w, s_c = x.strides  # 2x2 windows at stride (2, 1): (N, OH=2, OW=4, KH=2, KW*C=6)
+    windows = np.lib.stride_tricks.as_strided(x, (2, 2, 4, 2, 6), (s_n, 2 * s_h, s_w, s_h, s_c))
+    cols = np.full((2 * 2 * 4, 2 * 2 * 3 + 1), np.nan)
+    kernel(windows, cols)
+    for row, (n, i, j) in enumerate(np.ndindex(2, 2, 4)):
+        window = x[n, 2 * i:2 * i + 2, j:j + 2]  # (KH, KW, C)
+        np.testing.assert_array_equal(cols[row], np.append(window.reshape(-1), 1.0))
+
+
+@pytest.mark.parametrize("forward", compiled_and_python(window_max))
+@pytest.mark.parametrize("backward", compiled_and_python(window_scatter))
+@pytest.mark.parametrize("channels_innermost", [False, True])
+def test_window_max_and_scatter(forward, backward, channels_innermost):
+    x = np.array([[[[1, 5, 2, 2],
+                    [3, 0, 2, 7],
+                    [4, 4, 9, 1]]]], np.float64)
+    x = np.concatenate([x, -x], axis=1)  # a second channel, its maxima elsewhere
+    if channels_innermost:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    s_n, s_c, s_h, s_w = x.strides  # 2x2 windows, stride 1: overlapping
+    windows = np.lib.stride_tricks.as_strided(x, (1, 2, 2, 3, 2, 2), (s_n, s_c, s_h, s_w, s_h, s_w))
+    out, argmax = np.full((1, 2, 2, 3), np.nan), np.full((1, 2, 2, 3), -1, np.int32)
+    forward(windows, out, argmax)
+    np.testing.assert_array_equal(out[0, 0], [[5, 5, 7], [4, 9, 9]])
+    np.testing.assert_array_equal(argmax[0, 0], [[1, 0, 3], [2, 3, 2]])  # place in the window; first max wins ties
+    np.testing.assert_array_equal(out[0, 1], [[0, 0, -2], [0, 0, -1]])
+    np.testing.assert_array_equal(argmax[0, 1], [[3, 2, 0], [1, 0, 3]])
+    dx = np.full_like(x, np.nan)
+    backward(np.ones((1, 2, 2, 3)), argmax, 2, 2, 1, 1, dx)
+    np.testing.assert_array_equal(dx[0, 0], [[0, 2, 0, 0], [0, 0, 0, 1], [1, 0, 2, 0]])
+    np.testing.assert_array_equal(dx[0, 1], [[0, 0, 1, 0], [0, 4, 0, 0], [0, 0, 0, 1]])
 
 
 @pytest.mark.parametrize("forward", compiled_and_python(maxpool_forward))

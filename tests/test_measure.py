@@ -33,6 +33,18 @@ def test_bench_reports_the_documented_schema(tmp_path, capsys):
     assert set(r["layers"]) == {"conv2d-c1", "maxpool2d-s2", "relu-s2", "conv2d-c3", "maxpool2d-s4",
                                 "linear-f5", "linear-f6", "linear-f7"}
     assert max(r["max_abs_diff"].values()) < 1e-4 and set(r["max_abs_diff"]) >= {"logits", "c1.weight", "f7.bias"}
+    assert r["max_abs_diff"] == r["max_abs_diff_by_rung"]["direct"]  # every fast rung checked against the reference
+    assert max(r["max_abs_diff_by_rung"]["im2col"].values()) < 1e-4
+    assert all(row[f"{rung}_{direction}_s"] > 0 for row in r["layers"].values()
+               for rung in ("reference", "im2col", "direct") for direction in ("forward", "backward"))
+    ladder = r["ladder"]
+    assert [row["rung"] for row in ladder] == ["reference", "im2col", "direct"]  # no PyTorch row without PyTorch
+    assert ladder[0]["speedup_over_previous"] is None and ladder[0]["speedup_over_reference"] == 1
+    for before, row in zip(ladder, ladder[1:]):
+        assert row["speedup_over_previous"] == pytest.approx(before["train_step_s"] / row["train_step_s"])
+        assert row["speedup_over_reference"] == pytest.approx(ladder[0]["train_step_s"] / row["train_step_s"])
+    assert ladder[2]["train_step_s"] == r["train_step"]["fast_s"] and ladder[1]["train_step_s"] == r["train_step"]["im2col_s"]
+    assert "the ladder" in text and "im2col vs reference on this batch" in text
     assert r["env"]["numba"] and r["env"]["blas"] and r["threads"]["blas"] == 1
     assert "torch" not in r
     assert "medians of 2 runs (reference: 1)" in text and "conv2d-c3     backward" in text
@@ -45,6 +57,7 @@ def test_bench_with_pytorch_when_installed():
     assert r["torch"]["train_step_s"] > 0 and r["torch"]["ratio"] == pytest.approx(
         r["train_step"]["fast_s"] / r["torch"]["train_step_s"])
     assert "fastlenet / PyTorch step time" in format_bench(r)
+    assert r["ladder"][-1]["rung"] == "torch" and r["ladder"][-1]["train_step_s"] == r["torch"]["train_step_s"]
 
 
 def test_profile_table_trace_and_cprofile(tmp_path):

@@ -303,3 +303,21 @@ def test_the_warm_up_compiles_every_kernel_the_run_calls(tmp_path):
     out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_im2col_rung_trains_the_same_model(tmp_path):
+    """--conv im2col runs the window view + GEMM engine: recorded in the run, the same
+    model as the direct rung up to float32 rounding (the sums run in other orders), and
+    a resume cannot switch rungs."""
+    direct = train(config(tmp_path, "direct", epochs=1), data=DATA)
+    im2col = train(config(tmp_path, "im2col", epochs=1, conv="im2col", checkpoint_every=2), data=DATA)
+    recorded = json.loads((tmp_path / "im2col" / "config.json").read_text())["config"]
+    assert recorded["conv"] == "im2col" and json.loads((tmp_path / "direct" / "config.json").read_text())[
+        "config"]["conv"] == "auto"
+    assert abs(im2col["final_loss"] - direct["final_loss"]) < 1e-4
+    a, b = (load_tensors(tmp_path / run / "model.safetensors")[0] for run in ("direct", "im2col"))
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-4)
+    (tmp_path / "im2col" / "summary.json").unlink()
+    with pytest.raises(ConfigError, match="cannot change --conv"):
+        train(resume=tmp_path / "im2col", data=DATA, changes={"conv": "direct"})
