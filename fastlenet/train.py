@@ -6,12 +6,14 @@ evaluation and figures in report.py.
 """
 
 import math
+import os
 import signal
 import time
 
 import numpy as np
 
 from .averaging import WeightAverage
+from .compile_ahead import compile_ahead
 from .augment import distort, distorted_epochs, draws
 from .data import check_pair, load_mnist, preprocess, validation_split
 from .distributed import GradientExchange, SingleProcess, check_replicas, world
@@ -249,22 +251,29 @@ def warm_up(trainer, eval_sizes):
     included, at each batch size the run trains on, and a forward at each size it
     evaluates on (the fast layers' memory layouts, hence their kernels, depend on the
     batch size). The reference layers are loops: their step is warmed at 2 images.
-    Returns seconds."""
+    A cold cache compiles on as many processes as the run has threads (compile_ahead;
+    not under MPI, whose ranks share the cores already). Returns seconds."""
     start, cfg = time.perf_counter(), trainer.config
-    model, loss = new_model(cfg, cfg.seed), SoftmaxCrossEntropy()
-    optimizer = make_optimizer(cfg.optimizer, model.params, cfg.lr, cfg.momentum)
     last = len(trainer.train_idx) % cfg.batch_size
     sizes = {len(trainer.my_share(np.arange(b))) for b in (cfg.batch_size, last) if b}
     if cfg.backend == "reference":
         sizes, eval_sizes = {min(2, len(trainer.train_idx))}, []
-    for n in sorted(sizes - {0}):
-        x, y = trainer.batch(trainer.train_idx[:n])
-        if cfg.distorts():
-            x = distort(x, *draws(cfg, 0, n), normalize=cfg.normalize)
-        forward_backward(model, loss, x, y)
-        optimizer.step()
-    for n in sorted(set(eval_sizes) - {0}):
-        predict_proba(model, trainer.data.train_images[:n])
+
+    def workload():
+        model, loss = new_model(cfg, cfg.seed), SoftmaxCrossEntropy()
+        optimizer = make_optimizer(cfg.optimizer, model.params, cfg.lr, cfg.momentum)
+        for n in sorted(sizes - {0}):
+            x, y = trainer.batch(trainer.train_idx[:n])
+            if cfg.distorts():
+                x = distort(x, *draws(cfg, 0, n), normalize=cfg.normalize)
+            forward_backward(model, loss, x, y)
+            optimizer.step()
+        for n in sorted(set(eval_sizes) - {0}):
+            predict_proba(model, trainer.data.train_images[:n])
+
+    if trainer.comm.size == 1 and cfg.backend == "fast":
+        compile_ahead(workload, processes=min(trainer.threads.get("numba", 1), os.cpu_count() or 1))
+    workload()
     return time.perf_counter() - start
 
 
