@@ -10,6 +10,7 @@ import pytest
 
 from fastlenet.augment import distort
 from fastlenet.averaging import WeightAverage
+from fastlenet.fast import Conv2D
 from fastlenet.workloads import LAYERS, gradient_like, layer_case, synthetic_batch, train_step, training_setup
 from conftest import MATRIX
 
@@ -56,3 +57,27 @@ def test_recipe_costs(benchmark, measure, part):
              "shift": lambda: distort(x, shifts, np.zeros(256), np.ones(256)),
              "rotate-scale": lambda: distort(x, shifts, angles, scales)}
     measure("fast", parts[part])
+
+
+# (batch, channels, filters, size, kernel, padding), stride 1: LeNet's convolutions and wider ones,
+# the shapes behind `auto`'s choice of the direct rung at stride 1 (README, The ladder)
+CONV_SHAPES = [(256, 1, 6, 32, 5, 0), (256, 6, 16, 14, 5, 0), (32, 6, 16, 14, 5, 0), (8, 6, 16, 14, 5, 0),
+               (32, 3, 16, 32, 3, 1), (32, 16, 32, 16, 3, 1), (32, 32, 64, 16, 3, 1), (32, 64, 64, 8, 3, 1),
+               (8, 64, 128, 8, 3, 1), (256, 16, 32, 16, 3, 1)]
+
+
+@pytest.mark.parametrize("impl", ["im2col", "direct"])
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=["n{}-c{}-f{}-h{}-k{}-p{}".format(*s) for s in CONV_SHAPES])
+def test_conv_rung_by_shape(benchmark, measure, shape, impl):
+    """A stride-1 convolution's forward and backward on each fast rung, float32."""
+    n, c, f, h, k, p = shape
+    benchmark.group = "conv-rung-n{}-c{}-f{}-h{}-k{}-p{}".format(*shape)
+    rng = np.random.default_rng(0)
+    layer = Conv2D(c, f, k, padding=p, algorithm=impl, rng=0)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    dy = gradient_like(layer.forward(x))  # in the memory order the rung's own output has
+
+    def step():
+        layer.forward(x)
+        layer.backward(dy)
+    measure(impl, step)

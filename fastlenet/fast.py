@@ -12,7 +12,7 @@ from . import core
 from .core import ConvSpec, Layer, LinearSpec, PoolSpec
 from .policy import engine_pass
 from .layout import (BATCH_INNERMOST, aligned_empty, aligned_empty_like, batch_innermost, flat,  # noqa: F401
-                     interleaved_steps, memory_order, order, planes_steps, same_order)
+                     interleaved_steps, memory_order, order, planes_steps, reused, same_order)
 # the kernels themselves, not fastlenet.kernels' checked entry points: the arrays here follow the protocol
 from .kernels.col2im import col2im
 from .kernels.conv import conv_forward, conv_input_grad, conv_weight_grad
@@ -24,10 +24,6 @@ from .kernels.relu import relu_backward, relu_forward
 from .sequential import Sequential
 
 __all__ = ["Conv2D", "MaxPool2D", "ReLU", "Linear", "Flatten", "Sequential"]
-
-
-def _pad(x, ph, pw):
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
 
 
 def window_view(x, kernel, stride, out_hw):
@@ -68,9 +64,7 @@ def im2col(x, kernel, stride, padding, out_hw, out=None):
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
     s_n, s_h, s_w, _ = rows.strides  # C-contiguous: a run of KW*C steps one item (C's own stride means nothing when C = 1)
     windows = as_strided(rows, (n, oh, ow, kh, kw * c), (s_n, s_h * sh, s_w * sw, s_h, rows.itemsize), writeable=False)
-    cols_shape = (n * oh * ow, kh * kw * c + 1)
-    if out is None or out.shape != cols_shape or out.dtype != x.dtype:
-        out = aligned_empty(cols_shape, x.dtype)
+    out = reused(out, (n * oh * ow, kh * kw * c + 1), x.dtype)
     gather_windows(windows, out)
     return out
 
@@ -198,8 +192,7 @@ class Conv2D(ConvSpec):
         self.bias.grad[...] = grads[:, -1]
         if not self.input_grad:
             return None
-        if self._dcols is None or self._dcols.shape != (n * oh * ow, kh * kw * c) or self._dcols.dtype != dy.dtype:
-            self._dcols = aligned_empty((n * oh * ow, kh * kw * c), dy.dtype)
+        self._dcols = reused(self._dcols, (n * oh * ow, kh * kw * c), dy.dtype)
         np.matmul(dy_rows, self._weights[:, :-1], out=self._dcols)  # (N*OH*OW, F) @ (F, K)
         h, w = self._x_hw
         dx = aligned_empty((n, h, w, c), dy.dtype)

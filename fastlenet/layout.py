@@ -31,6 +31,14 @@ def aligned_empty(shape, dtype):
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
+def reused(buffer, shape, dtype):
+    """`buffer` when it has this shape and dtype (a layer's scratch, kept from step
+    to step), else a new aligned_empty one."""
+    if buffer is not None and buffer.shape == tuple(shape) and buffer.dtype == dtype:
+        return buffer
+    return aligned_empty(shape, dtype)
+
+
 def aligned_empty_like(a, dtype=None, shape=None):
     """aligned_empty in a's memory order, as np.empty_like's order "K"; of another
     `shape` (as many axes as a: a layer's output laid out as its input)."""
