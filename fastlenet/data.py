@@ -266,6 +266,10 @@ def check_pair(images, labels, what):
         raise DataError(f"{what}: {images.shape} images and {labels.shape} labels do not pair up")
 
 
+PAD = 2  # pixels each side: 28 x 28 -> LeNet-5's 32 x 32
+MEAN, STD = 0.1307, 0.3081  # MNIST's training-set mean and std (--normalize)
+
+
 def preprocess(images, dtype=np.float32, normalize=False):
     """uint8 (N, 28, 28) -> (N, 1, 32, 32) in [0, 1], padded by 2 pixels as LeNet-5 expects.
 
@@ -273,11 +277,11 @@ def preprocess(images, dtype=np.float32, normalize=False):
     """
     dtype = np.dtype(dtype)
     n, h, w = images.shape
-    out = np.zeros((n, 1, h + 4, w + 4), dtype)
-    out[:, 0, 2:-2, 2:-2] = images / dtype.type(255)
-    if normalize:  # MNIST's training-set mean and std
-        out -= dtype.type(0.1307)
-        out /= dtype.type(0.3081)
+    out = np.zeros((n, 1, h + 2 * PAD, w + 2 * PAD), dtype)
+    out[:, 0, PAD:-PAD, PAD:-PAD] = images / dtype.type(255)
+    if normalize:
+        out -= dtype.type(MEAN)
+        out /= dtype.type(STD)
     return out
 
 

@@ -43,6 +43,7 @@ def finish(trainer, run, compile_s):
         "seconds_per_epoch": train_seconds / max(len(trainer.epoch_seconds), 1),
         "epoch_seconds": trainer.epoch_seconds,
         "train_images_per_s": len(trainer.train_idx) * trainer.epoch / train_seconds if train_seconds else None,
+        **epoch_costs(trainer.epoch_compute_seconds, trainer.epoch_wall_seconds),
         "numba_compile_s": compile_s,
         "numba_cache": kernel_cache_stats(),
         "backend": trainer.config.backend,
@@ -52,6 +53,16 @@ def finish(trainer, run, compile_s):
         live = predict_proba(trainer.model, data.test_images).argmax(axis=1)
         summary["test_accuracy_without_ema"] = float((live == data.test_labels).mean())
     return summary
+
+
+def epoch_costs(compute, wall):
+    """What the trainer adds to the steps' compute (forward, backward, optimizer): batches,
+    distortions, validation, records, progress. Over the epochs timed (a run resumed from an
+    older checkpoint has fewer)."""
+    if not compute:
+        return {"compute_seconds_per_epoch": None, "wall_seconds_per_epoch": None, "epoch_over_compute": None}
+    return {"compute_seconds_per_epoch": sum(compute) / len(compute), "wall_seconds_per_epoch": sum(wall) / len(wall),
+            "epoch_over_compute": sum(wall) / sum(compute)}
 
 
 def figures(folder, iters, evals, test, data, test_probs):

@@ -15,11 +15,13 @@ import numpy as np
 from .averaging import WeightAverage
 from .compile_ahead import compile_ahead
 from .augment import distort, distorted_epochs, draws
-from .data import check_pair, load_mnist, preprocess, validation_split
+from .data import MEAN, PAD, STD, check_pair, load_mnist, validation_split
 from .distributed import GradientExchange, SingleProcess, check_replicas, world
 from .env import environment, set_threads
 from .errors import FastLeNetError, WeightsError
 from .evaluation import CHUNK, predict_proba
+from .kernels.batch import gather_batch
+from .layout import aligned_empty
 from .losses import SoftmaxCrossEntropy
 from .models import LeNet5, forward_backward
 from .optim import make_optimizer
@@ -76,11 +78,14 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.iteration = 0, 0, 0
         self.epoch_rng_state = self.rng.bit_generator.state
         self.epoch_seconds, self.checkpoint_iteration = [], None
+        # per epoch: the steps' compute (forward, backward, optimizer) and everything the epoch took
+        self.epoch_compute_seconds, self.epoch_wall_seconds, self.compute_s = [], [], 0.0
         self.progress = progress if comm.rank == 0 else None
         self.batches_per_epoch = math.ceil(len(train_idx) / config.batch_size)
 
     # -- state ------------------------------------------------------------------------------
     POSITION = ("iteration", "epoch", "batch_in_epoch", "epoch_rng_state", "epoch_seconds")
+    TIMINGS = ("epoch_compute_seconds", "epoch_wall_seconds")  # checkpointed too; absent from older checkpoints
 
     def stateful(self):
         """The checkpoint's parts besides the weights: prefix -> object with buffers and a state_dict."""
@@ -93,7 +98,7 @@ class Trainer:
         if self.comm.rank != 0:
             return
         tensors, state = pack_state(self.model, self.stateful())
-        state.update({k: getattr(self, k) for k in self.POSITION}, config=self.config.to_dict())
+        state.update({k: getattr(self, k) for k in self.POSITION + self.TIMINGS}, config=self.config.to_dict())
         self.run_dir.save_checkpoint(tensors, state, model_metadata(self.model))
 
     def load_checkpoint(self):
@@ -102,6 +107,8 @@ class Trainer:
             unpack_state(tensors, state, self.model, self.stateful())
             for k in self.POSITION:
                 setattr(self, k, state[k])
+            for k in self.TIMINGS:
+                setattr(self, k, state.get(k, []))
         except (KeyError, ValueError, TypeError) as e:
             raise WeightsError(f"{self.run_dir.path / CHECKPOINT}: checkpoint does not fit this run ({e})") from None
         self.checkpoint_iteration = self.iteration
@@ -115,8 +122,26 @@ class Trainer:
         return self.averaged
 
     # -- the loop ---------------------------------------------------------------------------
-    def batch(self, idx):
-        return preprocess(self.data.train_images[idx], self.dtype, self.config.normalize), self.data.train_labels[idx]
+    def batch(self, idx, shifts=None):
+        """Training images `idx` as the model takes them (data.preprocess's result, moved
+        by `shifts` as data.shift_images moves it, in one kernel pass) and their labels."""
+        images = self.data.train_images
+        x = aligned_empty((len(idx), 1, images.shape[1] + 2 * PAD, images.shape[2] + 2 * PAD), self.dtype)
+        shifts = np.zeros((len(idx), 2), np.int64) if shifts is None else shifts
+        gather_batch(images, idx, shifts, *((MEAN, STD) if self.config.normalize else (0.0, 1.0)), x)
+        return x, self.data.train_labels[idx]
+
+    def inputs(self, idx, iteration, distorted):
+        """This rank's share of global batch `idx` of step `iteration`, distorted if asked:
+        shifts in the batch's own pass, rotations and scalings resampled after it."""
+        mine = self.my_share(idx)
+        if not distorted:
+            return self.batch(mine)
+        shifts, angles, scales = (self.my_share(a) for a in draws(self.config, iteration, len(idx)))
+        if not (self.config.rotate or self.config.scale):
+            return self.batch(mine, shifts)
+        x, y = self.batch(mine)
+        return distort(x, shifts, angles, scales, normalize=self.config.normalize), y
 
     def run(self, metrics, stop):
         cfg = self.config
@@ -125,7 +150,7 @@ class Trainer:
             order = self.rng.permutation(self.train_idx)
             bar = self.progress(total=self.batches_per_epoch, initial=self.batch_in_epoch,
                                 desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch") if self.progress else None
-            epoch_start, seen, correct, train_time = time.perf_counter(), 0, 0, 0.0
+            epoch_start, seen, correct, train_time, self.compute_s = time.perf_counter(), 0, 0, 0.0, 0.0
             while self.batch_in_epoch < self.batches_per_epoch:
                 t0 = time.perf_counter()
                 idx = order[self.batch_in_epoch * cfg.batch_size:(self.batch_in_epoch + 1) * cfg.batch_size]
@@ -134,9 +159,11 @@ class Trainer:
                 loss, batch_correct, stopping = self.step(idx, stop)
                 if not math.isfinite(loss):
                     raise TrainingStopped(self.non_finite_message(loss))
+                t1 = time.perf_counter()
                 self.optimizer.step()
                 if self.average:
                     self.average.update()
+                self.compute_s += time.perf_counter() - t1
                 step_s = time.perf_counter() - t0
                 train_time, seen, correct = train_time + step_s, seen + len(idx), correct + batch_correct
                 self.iteration, self.batch_in_epoch = self.iteration + 1, self.batch_in_epoch + 1
@@ -149,10 +176,13 @@ class Trainer:
                 self.between_steps(metrics, stop, stopping)
             if bar:
                 bar.close()
-            self.epoch_seconds.append(train_time)
-            metrics({"type": "epoch", "iteration": self.iteration, "epoch": self.epoch + 1,
-                     "train_seconds": train_time, "wall_seconds": time.perf_counter() - epoch_start})
             self.record_validation(metrics)
+            wall = time.perf_counter() - epoch_start
+            self.epoch_seconds.append(train_time)
+            self.epoch_compute_seconds.append(self.compute_s)
+            self.epoch_wall_seconds.append(wall)
+            metrics({"type": "epoch", "iteration": self.iteration, "epoch": self.epoch + 1, "train_seconds": train_time,
+                     "compute_seconds": self.compute_s, "wall_seconds": wall})
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             self.epoch_rng_state = self.rng.bit_generator.state
             self.save_checkpoint()
@@ -184,11 +214,10 @@ class Trainer:
         with several ranks, whether any of them was asked to stop."""
         mine = self.my_share(idx)
         if len(mine):
-            x, y = self.batch(mine)
-            if self.epoch < distorted_epochs(self.config):
-                draw = draws(self.config, self.iteration, len(idx))
-                x = distort(x, *(self.my_share(a) for a in draw), normalize=self.config.normalize)
+            x, y = self.inputs(idx, self.iteration, self.epoch < distorted_epochs(self.config))
+            start = time.perf_counter()
             loss, logits = forward_backward(self.model, self.loss, x, y)
+            self.compute_s += time.perf_counter() - start
             correct = int((logits.argmax(axis=1) == y).sum())
         else:  # a last batch smaller than the number of ranks
             loss, correct = 0.0, 0
@@ -254,19 +283,17 @@ def warm_up(trainer, eval_sizes):
     A cold cache compiles on as many processes as the run has threads (compile_ahead;
     not under MPI, whose ranks share the cores already). Returns seconds."""
     start, cfg = time.perf_counter(), trainer.config
-    last = len(trainer.train_idx) % cfg.batch_size
-    sizes = {len(trainer.my_share(np.arange(b))) for b in (cfg.batch_size, last) if b}
+    # global batch sizes whose share on this rank is not empty: the full one and the last, shorter one
+    sizes = {b for b in (cfg.batch_size, len(trainer.train_idx) % cfg.batch_size) if len(trainer.my_share(np.arange(b)))}
     if cfg.backend == "reference":
         sizes, eval_sizes = {min(2, len(trainer.train_idx))}, []
 
     def workload():
         model, loss = new_model(cfg, cfg.seed), SoftmaxCrossEntropy()
         optimizer = make_optimizer(cfg.optimizer, model.params, cfg.lr, cfg.momentum)
-        for n in sorted(sizes - {0}):
-            x, y = trainer.batch(trainer.train_idx[:n])
-            if cfg.distorts():
-                x = distort(x, *draws(cfg, 0, n), normalize=cfg.normalize)
-            forward_backward(model, loss, x, y)
+        for b in sorted(sizes):
+            for distorted in {False, cfg.distorts()}:  # a distorted run's last epochs are clean
+                forward_backward(model, loss, *trainer.inputs(trainer.train_idx[:b], 0, distorted))
             optimizer.step()
         for n in sorted(set(eval_sizes) - {0}):
             predict_proba(model, trainer.data.train_images[:n])

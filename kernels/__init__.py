@@ -15,6 +15,8 @@ the output buffers they are given. Installed as `fastlenet.kernels`.
 | SoftmaxCrossEntropy        | softmax.py   | softmax_cross_entropy                          | the NumPy formula     | test_kernels           |
 | Adam (optim.py)            | adam.py      | adam_update                                    | NumPy's formula       | test_model             |
 | --rotate/--scale (augment) | warp.py      | affine_warp (bilinear resampling)              | a tent-filter sum     | test_augment           |
+| the trainer's batches      | batch.py     | gather_batch (pick, scale, pad, shift,         | data.preprocess,      | test_kernels           |
+|                            |              |   standardise)                                 |   data.shift_images   |                        |
 
 The names here are checked entry points (checked.py: shapes, dtypes, contiguity
 -> a one-line KernelArgumentError); `.kernel` is the compiled kernel, which the
@@ -24,12 +26,13 @@ blocks use. Every parallel loop is partitioned so that each output element has
 exactly one writer, so results do not depend on the Numba thread count.
 """
 
-from . import adam, col2im as _col2im, conv, im2col, pool, relayout, relu, softmax, warp
+from . import adam, batch, col2im as _col2im, conv, im2col, pool, relayout, relu, softmax, warp
 from .checked import KernelArgumentError, entry
 
 SPECS = {  # kernel -> its arguments (see checked.py)
     adam.adam_update: "value:float[P], grad:float[P], exp_avg:float[P]:out, exp_avg_sq:float[P]:out, beta1, "
                       "one_minus_beta1, beta2, one_minus_beta2, step_size, sqrt_bias2, eps",
+    batch.gather_batch: "images:uint8[M H W], idx:int[N], shifts:int[N TWO], mean, std, out:float[N ONE H2 W2]:out",
     _col2im.col2im: "cols:float[N OH OW KH RUN], stride_h, stride_w, pad_h, pad_w, out:float[N H W C]:c:out",
     conv.conv_forward: "x:float[C R L]:c, w:float[F C KH KW]:c, bias:float[F]:c, row_step, pos_step, col_step, "
                        "out:float[F R2 L2]:c:out",

@@ -45,6 +45,12 @@ def test_run_directory_holds_everything(tmp_path):
     assert summary == json.loads((run / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.9 and summary["train_accuracy"] > 0.9  # the synthetic classes are easy
     assert summary["epochs"] == 2 and summary["iterations"] == 16 and summary["train_images_per_s"] > 0
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert all(0 < r["compute_seconds"] < r["train_seconds"] < r["wall_seconds"] for r in epochs)
+    compute, wall = (sum(r[key] for r in epochs) for key in ("compute_seconds", "wall_seconds"))
+    assert summary["compute_seconds_per_epoch"] == pytest.approx(compute / 2)
+    assert summary["wall_seconds_per_epoch"] == pytest.approx(wall / 2)
+    assert summary["epoch_over_compute"] == pytest.approx(wall / compute) and summary["epoch_over_compute"] > 1
     assert load_model(run / "model.safetensors").dtype == np.float32
 
 
