@@ -29,6 +29,8 @@ def add_train(sub):
     add_flags(t)
     t.add_argument("--recipe", choices=list(RECIPES), help="start from a measured recipe (README, Results): spec "
                                                           "(constant 1e-3), default, augmented; flags override it")
+    t.add_argument("--config", metavar="FILE", help="start a new run from the settings in FILE: a run's "
+                                                   "config.json, or JSON / TOML written by hand; flags override them")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (flags given change its settings "
                                                        "where a resume may: see --epochs, --threads ...)")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out (once the new one can start)")
@@ -52,6 +54,19 @@ def build_parser():
     p.add_argument("weights", metavar="RUN_DIR_OR_WEIGHTS")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true")
+
+    x = sub.add_parser("export", help="a trained model as ONNX (the raw 28x28 image in) or as PyTorch's "
+                                      "state_dict in safetensors (README, Interop)")
+    x.add_argument("weights", metavar="RUN_DIR_OR_WEIGHTS")
+    x.add_argument("--format", choices=["onnx", "torch"], required=True)
+    x.add_argument("-o", "--output", required=True, metavar="FILE")
+
+    m = sub.add_parser("import", help="PyTorch's LeNet-5 weights (safetensors.torch.save_file of the README's "
+                                      "nn.Sequential) as fastlenet weights")
+    m.add_argument("torch_weights", metavar="TORCH.safetensors")
+    m.add_argument("-o", "--output", required=True, metavar="FILE")
+    m.add_argument("--normalize", action="store_true", help="the model was trained on inputs standardised with "
+                                                            "MNIST's mean and std (as fastlenet train --normalize)")
 
     a = sub.add_parser("data", help="where MNIST is; verify it; download it with --download")
     add_data_dir(a)
@@ -96,18 +111,21 @@ def build_parser():
 
 def cmd_train(args):
     from .env import hold_freed_memory
-    from .settings import SettingsError, from_recipe, given
+    from .settings import SettingsError, from_file, from_recipe, given
     from .train import train
     changes = given(args)
     hold_freed_memory()  # process-wide, so the entry point sets it (see env.py)
-    if args.resume and args.recipe:
-        raise SettingsError(f"--recipe starts a new run; --resume {args.resume} continues with its own settings")
+    starts = [f"--{name}" for name in ("recipe", "config") if getattr(args, name)]
+    if args.resume and starts:
+        raise SettingsError(f"{starts[0]} starts a new run; --resume {args.resume} continues with its own settings")
+    if len(starts) == 2:
+        raise SettingsError("--recipe and --config are two starting points for a run; give one (flags override either)")
     if args.resume:
         summary = train(resume=args.resume, changes=changes, progress=progress_bar,
                         compare_reference=args.compare_reference)
     else:
-        summary = train(from_recipe(args.recipe or "default", changes), overwrite=args.overwrite, progress=progress_bar,
-                        compare_reference=args.compare_reference)
+        config = from_file(args.config, changes) if args.config else from_recipe(args.recipe or "default", changes)
+        summary = train(config, overwrite=args.overwrite, progress=progress_bar, compare_reference=args.compare_reference)
     if summary is None:  # an MPI rank other than 0: rank 0 reports
         return
     validation = summary["validation_accuracy"]
@@ -118,6 +136,21 @@ def cmd_train(args):
     if "speedup_vs_reference" in summary:
         print(f"fast step {summary['fast_step_s'] * 1e3:.1f} ms (median) vs reference "
               f"{summary['reference_step_s'] * 1e3:.0f} ms: {summary['speedup_vs_reference']:.0f}x")
+
+
+def cmd_export(args):
+    from .export import to_onnx, to_torch
+    from .storage import load_model, weights_path
+    model = load_model(weights_path(args.weights))
+    (to_onnx if args.format == "onnx" else to_torch)(model, args.output)
+    print(f"wrote {args.output} ({args.format})")
+
+
+def cmd_import(args):
+    from .export import from_torch
+    from .storage import save_model
+    save_model(args.output, from_torch(args.torch_weights, args.normalize))
+    print(f"wrote {args.output} (fastlenet weights: fastlenet evaluate / predict read it)")
 
 
 def cmd_evaluate(args):
@@ -222,7 +255,7 @@ def cmd_sweep(args):
 
 
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
-            "bench": cmd_bench, "profile": cmd_profile}
+            "bench": cmd_bench, "profile": cmd_profile, "export": cmd_export, "import": cmd_import}
 
 
 ANNOUNCES_COMPILES = {"train", "evaluate", "predict", "bench", "profile"}  # the commands that run kernels here

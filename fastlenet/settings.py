@@ -8,10 +8,13 @@ validation a setting gets; it raises SettingsError with one message format:
 """
 
 import argparse
+import json
 import math
 import operator
+import tomllib
 import typing
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from .core import ALGORITHMS
 from .errors import FastLeNetError
@@ -139,6 +142,51 @@ def from_recipe(name, given=None):
     if name not in RECIPES:
         raise SettingsError(f"--recipe must be one of {', '.join(RECIPES)}, got {name!r}")
     return TrainConfig(**{**RECIPES[name], **(given or {})}).check()
+
+
+CONFIG_FILE_BYTES = 1 << 20  # a settings file is a few hundred bytes; a run's config.json, its validation indices
+
+
+def from_file(path, given=None):
+    """The settings of a new run from a file, with `given` (flag -> value) on top, checked:
+    a run's config.json (its recorded "config", less the folder that run wrote to) or
+    settings written by hand, at the top of a JSON or a TOML (.toml) file. An unknown
+    setting or a value of the wrong type is a SettingsError naming it."""
+    source = f"--config {path}"
+    values = read_settings(Path(path), source)
+    if isinstance(values.get("config"), dict):  # a run's config.json: its settings, not its folder
+        values = {k: v for k, v in values["config"].items() if k != "out"}
+    config, given = TrainConfig.from_dict(values, source), given or {}
+    for f in fields(TrainConfig):  # the file's own values, named as the file's
+        if f.name in values and f.name not in given:
+            try:
+                check_value(f, values[f.name])
+            except SettingsError as e:
+                raise SettingsError(f"{source}: {e}") from None
+    for name, value in given.items():
+        setattr(config, name, value)
+    return config.check()
+
+
+def read_settings(path, source):
+    """A settings file's table, read no further than a settings file can be long."""
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise SettingsError(f"{source}: not a regular file (a folder, a FIFO or a device)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(CONFIG_FILE_BYTES + 1)
+    except OSError as e:
+        raise SettingsError(f"{source}: cannot read it ({e.strerror})") from None
+    if len(data) > CONFIG_FILE_BYTES:
+        raise SettingsError(f"{source}: larger than a settings file can be ({CONFIG_FILE_BYTES} bytes)")
+    toml = path.suffix == ".toml"
+    try:
+        values = tomllib.loads(data.decode()) if toml else json.loads(data)
+    except (UnicodeDecodeError, ValueError) as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise SettingsError(f"{source}: not valid {'TOML' if toml else 'JSON'} ({e})") from None
+    if not isinstance(values, dict):
+        raise SettingsError(f"{source}: expected a table of settings, got {type(values).__name__}")
+    return values
 
 
 def flag(name):

@@ -119,8 +119,9 @@ def sorted_header(blob):
     return blob[:8] + text.ljust(length) + blob[8 + length:]
 
 
-def load_tensors(path):
-    """-> (tensors, metadata). Only safetensors is read: a pickle is refused, never unpickled."""
+def read_safetensors(path):
+    """-> (tensors, metadata) of any safetensors file. Nothing else is read: a pickle
+    is refused, never unpickled, and a FIFO or a device is refused before it blocks."""
     path = Path(path)
     if path.exists() and not path.is_file():  # a FIFO would block the read below forever
         raise WeightsError(f"{path}: not a regular file (a folder, a FIFO or a device); weights are a "
@@ -132,14 +133,19 @@ def load_tensors(path):
         raise WeightsError(f"{path}: cannot read ({e.strerror})") from None
     try:  # safetensors parses a JSON header and raw bytes: it never unpickles anything
         with safe_open(str(path), framework="np") as f:
-            metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            return {name: f.get_tensor(name) for name in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         # sniffed only now: a safetensors header length may well start with these bytes
         if head[:1] == b"\x80" or head[:2] == b"PK":
             raise WeightsError(f"{path}: looks like a pickle or a zip (e.g. a torch.save file); fastlenet reads "
-                               f"only safetensors files and never loads pickles") from None
+                               f"only safetensors files and never loads pickles (in PyTorch: "
+                               f"safetensors.torch.save_file(model.state_dict(), 'lenet.safetensors'))") from None
         raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+def load_tensors(path):
+    """-> (tensors, metadata) of a fastlenet weights file (its format and digest checked)."""
+    tensors, metadata = read_safetensors(path)
     if metadata.get("format") != WEIGHTS_FORMAT:
         raise WeightsError(f"{path}: not a fastlenet weights file (format {metadata.get('format')!r}, "
                            f"expected {WEIGHTS_FORMAT!r})")

@@ -16,7 +16,7 @@ import pytest
 
 from fastlenet.cli import main
 from fastlenet.evaluation import predict_proba, report
-from fastlenet.settings import RECIPES, SettingsError, TrainConfig, from_recipe
+from fastlenet.settings import RECIPES, SettingsError, TrainConfig, from_file, from_recipe
 from fastlenet.storage import load_model, load_tensors
 from fastlenet.train import StopFlag, Trainer, TrainingStopped, evaluation_sizes, load_data, train, warm_up
 from fastlenet.distributed import SingleProcess
@@ -50,6 +50,9 @@ BAD = [
     (["--recipe", "spec", "--lr", "0"], "--lr must be > 0.0, got 0.0"),
     (["--recipe", "augmented", "--resume", "somewhere"], "--recipe starts a new run; --resume somewhere continues"),
     (["--deterministic", "--blas-threads", "2"], "--deterministic needs --blas-threads 1, got 2"),
+    (["--config", "missing.json"], "--config missing.json: cannot read it (No such file or directory)"),
+    (["--config", "x.json", "--recipe", "spec"], "--recipe and --config are two starting points for a run"),
+    (["--config", "x.json", "--resume", "somewhere"], "--config starts a new run; --resume somewhere continues"),
 ]
 
 
@@ -307,3 +310,76 @@ def test_the_train_command_holds_freed_memory(tmp_path, monkeypatch):
     assert main(["train", "--epochs", "1", "--batch-size", "64", "--val-size", "100", "--out",
                  str(tmp_path / "run"), "--quiet"]) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["environment"]["freed_memory_held"] is True
+
+
+def write_settings(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("typo.json", '{"epochs": 1, "lr_shedule": "constant"}', "unknown setting lr_shedule; settings are: epochs"),
+    ("type.json", '{"epochs": "ten"}', "epochs must be an integer, got 'ten'"),
+    ("type.toml", 'batch_size = 32.5', "batch_size must be an integer, got 32.5"),
+    ("bound.toml", 'momentum = 1.5\noptimizer = "sgd"', "--momentum must be >= 0.0 and < 1.0, got 1.5"),
+    ("list.json", '[1, 2]', "expected a table of settings, got list"),
+    ("broken.json", '{"epochs": 1', "not valid JSON"),
+    ("broken.toml", 'epochs = ', "not valid TOML"),
+    ("run.json", '{"config": {"epochs": 2, "seed": -3}}', "--seed must be >= 0, got -3"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_setting(tmp_path, capsys, name, text, message):
+    path = write_settings(tmp_path / name, text)
+    code = main(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "none")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith(f"fastlenet: error: --config {path}: "), err
+    assert message in err[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "none").exists()
+
+
+def test_a_config_file_that_never_ends_is_refused(tmp_path, capsys):
+    fifo = tmp_path / "settings.json"
+    os.mkfifo(fifo)  # reading it would wait forever
+    assert main(["train", "--config", str(fifo), "--out", str(tmp_path / "run")]) == 1
+    assert "not a regular file" in capsys.readouterr().err
+    big = write_settings(tmp_path / "big.json", '{"epochs": 1' + " " * (2 << 20) + "}")
+    assert main(["train", "--config", str(big), "--out", str(tmp_path / "run")]) == 1
+    assert "larger than a settings file can be" in capsys.readouterr().err
+
+
+def test_a_recorded_run_runs_again_bit_for_bit(tmp_path):
+    """--config RUN/config.json: the recorded settings (not its folder), flags on top; the same
+    machine and threads give the same weights, and the new config.json records what ran."""
+    first = train(small(tmp_path, "first", epochs=2, shift=1, clean_fraction=0.5, lr=3e-3), data=DATA)
+    recorded = tmp_path / "first" / "config.json"
+    again = from_file(recorded, {"out": str(tmp_path / "again")})
+    assert again.out == str(tmp_path / "again") and again.lr == 3e-3 and again.shift == 1
+    train(again, data=DATA)
+    weights = [(tmp_path / run / "model.safetensors").read_bytes() for run in ("first", "again")]
+    assert weights[0] == weights[1]
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["config"]["out"] == str(tmp_path / "again")
+    assert from_file(recorded).out is None  # without --out, a new default folder, never the recorded run's
+    longer = from_file(recorded, {"epochs": 3, "out": str(tmp_path / "longer")})
+    assert longer.epochs == 3 and json.loads(recorded.read_text())["config"]["epochs"] == 2
+    assert first["epochs"] == 2
+
+
+def test_settings_written_by_hand_in_toml_or_json(tmp_path):
+    toml = from_file(write_settings(tmp_path / "mine.toml", 'epochs = 3\nlr = 0.002\noptimizer = "sgd"\n'
+                                                           'momentum = 0.9\nnormalize = true\n'))
+    assert (toml.epochs, toml.lr, toml.optimizer, toml.momentum, toml.normalize) == (3, 0.002, "sgd", 0.9, True)
+    assert toml.batch_size == TrainConfig().batch_size  # what the file leaves out keeps its default
+    plain = from_file(write_settings(tmp_path / "mine.json", '{"epochs": 4, "out": "runs/mine"}'), {"seed": 7})
+    assert (plain.epochs, plain.out, plain.seed) == (4, "runs/mine", 7)  # a file written by hand may name its folder
+
+
+def test_the_cli_runs_a_recorded_run_again(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("fastlenet.train.load_mnist", lambda *a, **k: DATA)
+    first = ["train", "--epochs", "1", "--batch-size", "64", "--val-size", "100", "--quiet"]
+    assert main([*first, "--out", str(tmp_path / "first")]) == 0
+    assert main(["train", "--config", str(tmp_path / "first" / "config.json"), "--out", str(tmp_path / "again")]) == 0
+    assert main(["train", "--config", str(tmp_path / "first" / "config.json"), "--seed", "1",
+                 "--out", str(tmp_path / "other")]) == 0
+    weights = {run: (tmp_path / run / "model.safetensors").read_bytes() for run in ("first", "again", "other")}
+    assert weights["first"] == weights["again"] != weights["other"]
+    recorded = json.loads((tmp_path / "other" / "config.json").read_text())["config"]
+    assert recorded["seed"] == 1 and recorded["batch_size"] == 64  # the flag over the file, the rest from it
