@@ -21,6 +21,7 @@ from .compiling import kernel_cache_stats
 from .data import FILES, load_mnist, locate, preprocess, search_dirs
 from .env import environment, hold_freed_memory, set_threads
 from .losses import SoftmaxCrossEntropy
+from .peak import CALIBRATION_N, pass_flops, peak_flops, rates
 from .workloads import LADDER, LAYERS, gradient_like, layer_case, lenet, train_step, training_setup
 
 
@@ -137,7 +138,10 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
               "data": source, "threads": thread_settings, "compile_s": compile_s["direct"],
               "first_step_s": compile_s, "numba_cache": kernel_cache_stats()}
     if layers:
-        result["layers"] = layer_ladder(batch_size, repeats, reference_repeats)
+        peak = peak_flops(thread_settings["numba"])
+        result["peak_gflops"] = peak / 1e9
+        result["peak_measured_by"] = f"SGEMM {CALIBRATION_N}^3 on {thread_settings['numba']} BLAS threads, best of 3"
+        result["layers"] = layer_ladder(batch_size, repeats, reference_repeats, peak)
 
     # every rung takes turns (the reference one step at a time), so the speedups compare like with like
     steps = {impl: turns(impl, lambda s=setups[impl]: train_step(*s, x, labels), repeats, reference_repeats)
@@ -183,14 +187,16 @@ def turns(impl, fn, repeats, reference_repeats):
     return reference_turns(fn, reference_repeats) if impl == "reference" else fast_turns(fn, repeats)
 
 
-def layer_ladder(batch_size, repeats, reference_repeats):
-    """{layer: {f"{rung}_{pass}_s": median seconds, f"{pass}_speedup": reference / direct}}: each layer
-    at its place in each rung's LeNet-5, the rungs taking turns per layer and pass."""
+def layer_ladder(batch_size, repeats, reference_repeats, peak):
+    """{layer: {f"{rung}_{pass}_s": median seconds, f"{rung}_{pass}_gflops" and "..._peak_share" (a
+    convolution's and a linear layer's: the share of `peak` FLOP/s), f"{pass}_speedup": reference /
+    direct}}: each layer at its place in each rung's LeNet-5, the rungs taking turns per layer and pass."""
     rows = {}
     for name in LAYERS:
         row, passes = {}, {"forward": {}, "backward": {}}
         for impl in LADDER:
             layer, lx = layer_case(name, impl, batch_size)
+            flops = dict(zip(("forward", "backward"), pass_flops(layer, lx.shape)))
             dy = gradient_like(layer.forward(lx))
             layer.backward(dy)
             # default arguments bind this rung's layer and arrays
@@ -201,6 +207,8 @@ def layer_ladder(batch_size, repeats, reference_repeats):
         for direction, contenders in passes.items():
             times = interleaved(contenders)
             row.update({f"{impl}_{direction}_s": times[impl] for impl in LADDER})
+            for impl in LADDER:
+                row.update({f"{impl}_{direction}_{k}": v for k, v in rates(flops[direction], times[impl], peak).items()})
             row[f"fast_{direction}_s"] = times["direct"]  # the names before the ladder, kept for readers of the JSON
             row[f"{direction}_speedup"] = times["reference"] / times["direct"]
         rows[name] = row
@@ -232,12 +240,16 @@ def format_bench(r):
              f"cache load): {first} ({r['numba_cache']['cache_misses']} compiled, "
              f"{r['numba_cache']['cache_hits']} from cache)", ""]
     if "layers" in r:
-        lines.append(f"{'layer':<14}{'pass':<10}{'reference ms':>13}{'im2col ms':>11}{'direct ms':>11}{'speedup':>9}")
+        lines.append(f"peak: {r['peak_gflops']:.0f} GFLOP/s ({r['peak_measured_by']}); direct's rate and share of it")
+        lines.append(f"{'layer':<14}{'pass':<10}{'reference ms':>13}{'im2col ms':>11}{'direct ms':>11}{'speedup':>9}"
+                     f"{'GFLOP/s':>9}{'of peak':>9}")
         for name, row in r["layers"].items():
             for direction in ("forward", "backward"):
+                rate = f"direct_{direction}_gflops"
                 lines.append(f"{name:<14}{direction:<10}{ms(row[f'reference_{direction}_s']):>13}"
                              f"{ms(row[f'im2col_{direction}_s']):>11}{ms(row[f'direct_{direction}_s']):>11}"
-                             f"{row[f'{direction}_speedup']:>8.1f}x")
+                             f"{row[f'{direction}_speedup']:>8.1f}x"
+                             + (f"{row[rate]:>9.1f}{row[f'direct_{direction}_peak_share']:>9.1%}" if rate in row else ""))
         lines.append("")
     lines.append(f"{'the ladder':<12}{'step ms':>10}{'vs previous':>13}{'vs reference':>14}{'inference img/s':>17}")
     for row in r["ladder"]:

@@ -14,6 +14,7 @@ import numpy as np
 from .benchmark import raw_mnist
 from .data import preprocess
 from .env import hold_freed_memory, set_threads
+from .peak import CALIBRATION_N, pass_flops, peak_flops, rates
 from .workloads import train_step, training_setup
 
 
@@ -68,6 +69,10 @@ def profile_training(steps=50, batch_size=256, backend="fast", threads=None, bla
 
     for _ in range(warmup):  # compile, fill caches
         step()
+    shapes, a = {}, batch()[0]  # each layer's input shape, for its floating-point work
+    for name, layer in zip(model.layer_names, model.layers):
+        shapes[name], a = a.shape, layer.forward(a)
+    peak = peak_flops(thread_settings["numba"])
     recorder = Recorder()
     recorder.instrument(model, optimizer, loss)
     profiler = cProfile.Profile() if cprofile else None
@@ -91,9 +96,12 @@ def profile_training(steps=50, batch_size=256, backend="fast", threads=None, bla
         totals[name] += dur
     step_ms = 1e3 * totals.pop("step") / steps
     rows = []
-    for name in model.layer_names:
+    for name, layer in zip(model.layer_names, model.layers):
         fwd, bwd = (1e3 * totals.get(f"{name}.{p}", 0.0) / steps for p in ("forward", "backward"))
-        rows.append({"name": name, "forward_ms": fwd, "backward_ms": bwd})
+        row = {"name": name, "forward_ms": fwd, "backward_ms": bwd}
+        for direction, flops, ms in zip(("forward", "backward"), pass_flops(layer, shapes[name]), (fwd, bwd)):
+            row.update({f"{direction}_{k}": v for k, v in rates(flops, ms / 1e3, peak).items()})
+        rows.append(row)
     rows.append({"name": "loss", "forward_ms": 1e3 * totals["loss.forward"] / steps,
                  "backward_ms": 1e3 * totals["loss.backward"] / steps})
     rows.append({"name": "optimizer", "forward_ms": 0.0, "backward_ms": 1e3 * totals["optimizer.step"] / steps})
@@ -101,16 +109,20 @@ def profile_training(steps=50, batch_size=256, backend="fast", threads=None, bla
     for row in rows:
         row["share"] = (row["forward_ms"] + row["backward_ms"]) / step_ms
     return {"backend": backend, "conv": conv, "steps": steps, "batch_size": batch_size, "data": source, "threads": thread_settings,
-            "step_ms": step_ms, "wall_s": wall, "rows": rows}
+            "step_ms": step_ms, "wall_s": wall, "rows": rows, "peak_gflops": peak / 1e9,
+            "peak_measured_by": f"SGEMM {CALIBRATION_N}^3 on {thread_settings['numba']} BLAS threads, best of 3"}
 
 
 def format_profile(p):
     rung = f" ({p['conv']} rung)" if p["backend"] == "fast" else ""
     lines = [f"fastlenet profile: {p['backend']} backend{rung}, {p['steps']} steps of batch {p['batch_size']} "
              f"({p['data']}), Numba {p['threads']['numba']} / BLAS {p['threads']['blas']} threads",
-             f"{'part':<12}{'forward ms':>12}{'backward ms':>13}{'share':>8}"]
+             f"peak: {p['peak_gflops']:.0f} GFLOP/s ({p['peak_measured_by']}); GFLOP/s and % of it per pass",
+             f"{'part':<12}{'forward ms':>12}{'backward ms':>13}{'share':>8}{'forward':>18}{'backward':>18}"]
     for row in p["rows"]:
-        lines.append(f"{row['name']:<12}{row['forward_ms']:>12.3f}{row['backward_ms']:>13.3f}{row['share']:>8.1%}")
+        lines.append(f"{row['name']:<12}{row['forward_ms']:>12.3f}{row['backward_ms']:>13.3f}{row['share']:>8.1%}"
+                     + "".join(f"{row[f'{d}_gflops']:>9.1f} {row[f'{d}_peak_share']:>7.1%}" if f"{d}_gflops" in row
+                               else " " * 18 for d in ("forward", "backward")).rstrip())
     covered = sum(r["share"] for r in p["rows"])
     lines.append(f"{'step':<12}{p['step_ms']:>25.3f} ms  (timed parts cover {covered:.1%}; the rest is Python glue)")
     return "\n".join(lines)

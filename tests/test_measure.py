@@ -6,6 +6,7 @@ import pstats
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from fastlenet.benchmark import format_bench, run_bench
@@ -45,6 +46,10 @@ def test_bench_reports_the_documented_schema(tmp_path, capsys):
         assert row["speedup_over_reference"] == pytest.approx(ladder[0]["train_step_s"] / row["train_step_s"])
     assert ladder[2]["train_step_s"] == r["train_step"]["fast_s"] and ladder[1]["train_step_s"] == r["train_step"]["im2col_s"]
     assert "the ladder" in text and "im2col vs reference on this batch" in text
+    c3 = r["layers"]["conv2d-c3"]  # 2 * 4 images * 100 positions * 16 filters * 150 taps, forward
+    assert c3["direct_forward_gflops"] == pytest.approx(1.92e6 / c3["direct_forward_s"] / 1e9)
+    assert c3["im2col_backward_peak_share"] == pytest.approx(c3["im2col_backward_gflops"] / r["peak_gflops"])
+    assert "direct_forward_gflops" not in r["layers"]["maxpool2d-s2"] and "of peak" in text
     assert r["env"]["numba"] and r["env"]["blas"] and r["threads"]["blas"] == 1
     assert "torch" not in r
     assert "medians of 2 runs (reference: 1)" in text and "conv2d-c3     backward" in text
@@ -73,6 +78,29 @@ def test_profile_table_trace_and_cprofile(tmp_path):
     assert pstats.Stats(str(dump)).total_calls > 0
     text = format_profile(p)
     assert "forward ms" in text and "c3" in text
+    rows = {row["name"]: row for row in p["rows"]}
+    assert p["peak_gflops"] > 0 and "SGEMM 2048^3" in p["peak_measured_by"] and "GFLOP/s" in text
+    c3 = rows["c3"]  # 2 * 8 images * 10 * 10 positions * 16 filters * 6 * 5 * 5 taps, forward
+    assert c3["forward_gflops"] == pytest.approx(3.84e6 / (c3["forward_ms"] / 1e3) / 1e9)
+    assert c3["forward_peak_share"] == pytest.approx(c3["forward_gflops"] / p["peak_gflops"])
+    assert "forward_gflops" not in rows["s2"] and "backward_gflops" in rows["f7"]  # a pool does no arithmetic
+
+
+def test_a_training_step_is_580_mflop_at_batch_256():
+    """The floating-point work each layer pass is credited with (a multiply-add is two):
+    forward and backward of LeNet-5 at batch 256, C1 without its input gradient."""
+    from fastlenet.models import LeNet5
+    from fastlenet.peak import pass_flops
+    model, x = LeNet5(), np.zeros((256, 1, 32, 32), np.float32)
+    total = {}
+    for name, layer in zip(model.layer_names, model.layers):
+        total[name] = pass_flops(layer, x.shape)
+        x = layer.forward(x)
+    assert total["c1"] == (256 * 235_200, 256 * 235_200)  # 28 * 28 positions * 6 filters * 25 taps * 2
+    assert total["c3"] == (256 * 480_000, 2 * 256 * 480_000)  # weight and input gradients
+    assert total["s2"] == total["relu2"] == (None, None)
+    step = sum(f + b for f, b in total.values() if f is not None)
+    assert step == 256 * 2_263_920  # 579.6 MFLOP
 
 
 def test_profiling_leaves_unprofiled_models_alone():
