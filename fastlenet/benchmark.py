@@ -21,7 +21,7 @@ from .compiling import kernel_cache_stats
 from .data import FILES, load_mnist, locate, preprocess, search_dirs
 from .env import environment, hold_freed_memory, set_threads
 from .losses import SoftmaxCrossEntropy
-from .peak import CALIBRATION_N, pass_flops, peak_flops, rates
+from .peak import measured_peak, pass_flops, rates
 from .workloads import LADDER, LAYERS, gradient_like, layer_case, lenet, train_step, training_setup
 
 
@@ -138,9 +138,8 @@ def run_bench(batch_size=256, threads=None, blas_threads=1, repeats=20, referenc
               "data": source, "threads": thread_settings, "compile_s": compile_s["direct"],
               "first_step_s": compile_s, "numba_cache": kernel_cache_stats()}
     if layers:
-        peak = peak_flops(thread_settings["numba"])
-        result["peak_gflops"] = peak / 1e9
-        result["peak_measured_by"] = f"SGEMM {CALIBRATION_N}^3 on {thread_settings['numba']} BLAS threads, best of 3"
+        peak, record = measured_peak(thread_settings["numba"])
+        result.update(record)
         result["layers"] = layer_ladder(batch_size, repeats, reference_repeats, peak)
 
     # every rung takes turns (the reference one step at a time), so the speedups compare like with like

@@ -270,6 +270,11 @@ PAD = 2  # pixels each side: 28 x 28 -> LeNet-5's 32 x 32
 MEAN, STD = 0.1307, 0.3081  # MNIST's training-set mean and std (--normalize)
 
 
+def standardisation(normalize):
+    """(mean, std) that inputs are standardised with: MNIST's, or (0, 1), which leaves them as they are."""
+    return (MEAN, STD) if normalize else (0.0, 1.0)
+
+
 def preprocess(images, dtype=np.float32, normalize=False):
     """uint8 (N, 28, 28) -> (N, 1, 32, 32) in [0, 1], padded by 2 pixels as LeNet-5 expects.
 

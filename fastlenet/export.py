@@ -16,7 +16,7 @@ the tensors cross unchanged: only their names differ.
 import numpy as np
 from safetensors.numpy import save as safetensors_bytes
 
-from .data import MEAN, PAD, STD
+from .data import PAD, standardisation
 from .errors import FastLeNetError, WeightsError
 from .models import LeNet5
 from .storage import atomic_write, read_safetensors
@@ -74,9 +74,9 @@ def to_onnx(model, path):
         raise ExportError("ONNX export needs the onnx package: pip install -e \".[onnx]\"") from None
     weights = {name: np.ascontiguousarray(a, np.float32) for name, a in model.state_dict().items()}
     inits = [numpy_helper.from_array(a, name) for name, a in weights.items()]
+    mean, std = standardisation(model.normalize)
     inits += [numpy_helper.from_array(np.array(v, np.float32), name)
-              for name, v in (("scale", 255.0), ("mean", MEAN if model.normalize else 0.0),
-                              ("std", STD if model.normalize else 1.0))]
+              for name, v in (("scale", 255.0), ("mean", mean), ("std", std))]
     inits += [numpy_helper.from_array(np.array([1], np.int64), "channel_axis"),
               numpy_helper.from_array(np.array([0, 0, PAD, PAD, 0, 0, PAD, PAD], np.int64), "pads")]
     node = helper.make_node

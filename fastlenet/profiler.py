@@ -14,7 +14,7 @@ import numpy as np
 from .benchmark import raw_mnist
 from .data import preprocess
 from .env import hold_freed_memory, set_threads
-from .peak import CALIBRATION_N, pass_flops, peak_flops, rates
+from .peak import measured_peak, pass_flops, rates
 from .workloads import train_step, training_setup
 
 
@@ -72,7 +72,7 @@ def profile_training(steps=50, batch_size=256, backend="fast", threads=None, bla
     shapes, a = {}, batch()[0]  # each layer's input shape, for its floating-point work
     for name, layer in zip(model.layer_names, model.layers):
         shapes[name], a = a.shape, layer.forward(a)
-    peak = peak_flops(thread_settings["numba"])
+    peak, peak_record = measured_peak(thread_settings["numba"])
     recorder = Recorder()
     recorder.instrument(model, optimizer, loss)
     profiler = cProfile.Profile() if cprofile else None
@@ -108,9 +108,8 @@ def profile_training(steps=50, batch_size=256, backend="fast", threads=None, bla
     rows.append({"name": "data", "forward_ms": 1e3 * totals["data"] / steps, "backward_ms": 0.0})
     for row in rows:
         row["share"] = (row["forward_ms"] + row["backward_ms"]) / step_ms
-    return {"backend": backend, "conv": conv, "steps": steps, "batch_size": batch_size, "data": source, "threads": thread_settings,
-            "step_ms": step_ms, "wall_s": wall, "rows": rows, "peak_gflops": peak / 1e9,
-            "peak_measured_by": f"SGEMM {CALIBRATION_N}^3 on {thread_settings['numba']} BLAS threads, best of 3"}
+    return {"backend": backend, "conv": conv, "steps": steps, "batch_size": batch_size, "data": source,
+            "threads": thread_settings, "step_ms": step_ms, "wall_s": wall, "rows": rows, **peak_record}
 
 
 def format_profile(p):

@@ -15,7 +15,7 @@ import numpy as np
 from .averaging import WeightAverage
 from .compile_ahead import compile_ahead
 from .augment import distort, distorted_epochs, draws
-from .data import MEAN, PAD, STD, check_pair, load_mnist, validation_split
+from .data import PAD, check_pair, load_mnist, standardisation, validation_split
 from .distributed import GradientExchange, SingleProcess, check_replicas, world
 from .env import environment, set_threads
 from .errors import FastLeNetError, WeightsError
@@ -128,7 +128,7 @@ class Trainer:
         images = self.data.train_images
         x = aligned_empty((len(idx), 1, images.shape[1] + 2 * PAD, images.shape[2] + 2 * PAD), self.dtype)
         shifts = np.zeros((len(idx), 2), np.int64) if shifts is None else shifts
-        gather_batch(images, idx, shifts, *((MEAN, STD) if self.config.normalize else (0.0, 1.0)), x)
+        gather_batch(images, idx, shifts, *standardisation(self.config.normalize), x)
         return x, self.data.train_labels[idx]
 
     def inputs(self, idx, iteration, distorted):

@@ -227,7 +227,7 @@ def test_every_public_kernel_is_checked_and_a_good_call_goes_through():
 @pytest.mark.parametrize("most", [0, 1, 4])  # the largest shift: none, the default's, --shift's largest
 def test_gather_batch_is_preprocess_then_shift_bit_for_bit(kernel, dtype, normalize, most):
     from fastlenet.augment import background
-    from fastlenet.data import MEAN, STD, preprocess, shift_images
+    from fastlenet.data import preprocess, shift_images, standardisation
     rng = np.random.default_rng(most)
     images = rng.integers(0, 256, (9, 28, 28)).astype(np.uint8)
     images[0] = 255  # the extremes
@@ -236,6 +236,6 @@ def test_gather_batch_is_preprocess_then_shift_bit_for_bit(kernel, dtype, normal
     shifts = rng.integers(-most, most + 1, (6, 2))
     shifts[0] = most, -most  # a corner moved as far as it goes
     out = np.full((6, 1, 32, 32), np.nan, dtype)
-    kernel(images, idx, shifts, *((MEAN, STD) if normalize else (0.0, 1.0)), out)
+    kernel(images, idx, shifts, *standardisation(normalize), out)
     expected = shift_images(preprocess(images[idx], dtype, normalize), shifts, background(dtype, normalize))
     assert out.dtype == expected.dtype and out.tobytes() == expected.tobytes()
