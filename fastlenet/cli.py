@@ -19,8 +19,13 @@ def progress_bar(**kwargs):
 
 
 def add_data_dir(p):
-    p.add_argument("--data-dir", help="folder with the MNIST IDX files (else $FASTLENET_DATA, else "
-                                      "~/.cache/fastlenet/mnist; downloaded there when missing)")
+    from .datasets import DATA_DIR_HELP
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+
+
+def add_dataset(p, what):
+    from .datasets import DATASETS
+    p.add_argument("--dataset", choices=list(DATASETS), help=what)
 
 
 def add_train(sub):
@@ -47,12 +52,15 @@ def build_parser():
 
     e = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
     e.add_argument("weights", metavar="RUN_DIR_OR_WEIGHTS")
+    add_dataset(e, "the test set to use (default: the one the weights were trained on; another is refused)")
     add_data_dir(e)
     e.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("predict", help="classify digit images (PNG/JPEG)")
+    p = sub.add_parser("predict", help="classify images (PNG/JPEG) of digits, or of the classes of the data "
+                                       "set the weights were trained on")
     p.add_argument("weights", metavar="RUN_DIR_OR_WEIGHTS")
     p.add_argument("images", nargs="+", metavar="IMAGE")
+    add_dataset(p, "the classes expected (default: the weights' data set; another is refused)")
     p.add_argument("--json", action="store_true")
 
     x = sub.add_parser("export", help="a trained model as ONNX (the raw 28x28 image in) or as PyTorch's "
@@ -67,8 +75,10 @@ def build_parser():
     m.add_argument("-o", "--output", required=True, metavar="FILE")
     m.add_argument("--normalize", action="store_true", help="the model was trained on inputs standardised with "
                                                             "MNIST's mean and std (as fastlenet train --normalize)")
+    add_dataset(m, "the data set the model was trained on (default mnist)")
 
-    a = sub.add_parser("data", help="where MNIST is; verify it; download it with --download")
+    a = sub.add_parser("data", help="where a data set is; verify it; download it with --download")
+    add_dataset(a, "the data set (default mnist)")
     add_data_dir(a)
     a.add_argument("--download", action="store_true")
 
@@ -149,8 +159,19 @@ def cmd_export(args):
 def cmd_import(args):
     from .export import from_torch
     from .storage import save_model
-    save_model(args.output, from_torch(args.torch_weights, args.normalize))
+    save_model(args.output, from_torch(args.torch_weights, args.normalize, args.dataset or "mnist"))
     print(f"wrote {args.output} (fastlenet weights: fastlenet evaluate / predict read it)")
+
+
+def trained_on(model, asked, weights):
+    """The Dataset the model classifies; a DataError if the command asked for another."""
+    from .datasets import named
+    from .errors import DataError
+    ds = named(model.dataset)
+    if asked and asked != ds.name:
+        raise DataError(f"{weights} was trained on {ds.title}; its classes are not {named(asked).title}'s, so "
+                        f"--dataset {asked} would measure nothing (leave --dataset out, or give {ds.name})")
+    return ds
 
 
 def cmd_evaluate(args):
@@ -158,15 +179,20 @@ def cmd_evaluate(args):
     from .evaluation import predict_proba, report
     from .storage import json_text, load_model, weights_path
     model = load_model(weights_path(args.weights))
-    data = load_mnist(args.data_dir, progress=progress_bar, test_only=True)
-    result = report(predict_proba(model, data.test_images), data.test_labels)
+    ds = trained_on(model, args.dataset, args.weights)
+    data = load_mnist(args.data_dir, progress=progress_bar, test_only=True, dataset=ds.name)
+    result = {"dataset": ds.name, "classes": list(ds.classes),
+              **report(predict_proba(model, data.test_images), data.test_labels)}
     if args.json:
         print(json_text(result))
         return
-    print(f"test accuracy: {result['accuracy']:.2%} ({len(data.test_labels)} images)\n")
-    print("true\\pred " + " ".join(f"{p:>5}" for p in range(10)) + "   accuracy")
-    for t, (row, acc) in enumerate(zip(result["confusion_matrix"], result["per_class_accuracy"])):
-        print(f"{t:>9} " + " ".join(f"{v:>5}" for v in row) + f"   {acc:7.2%}")
+    print(f"{ds.title} test accuracy: {result['accuracy']:.2%} ({len(data.test_labels)} images)\n")
+    names = [str(t) if name == str(t) else f"{t} {name}" for t, name in enumerate(ds.classes)]
+    width = max(9, *map(len, names))
+    corner = "true\\pred"
+    print(f"{corner:>{width}} " + " ".join(f"{p:>5}" for p in range(10)) + "   accuracy")
+    for name, row, acc in zip(names, result["confusion_matrix"], result["per_class_accuracy"]):
+        print(f"{name:>{width}} " + " ".join(f"{v:>5}" for v in row) + f"   {acc:7.2%}")
 
 
 def cmd_predict(args):
@@ -177,33 +203,36 @@ def cmd_predict(args):
     from .predict import ImageError, load_grayscale, mnist_style, top_classes
     from .storage import json_text, load_model, weights_path
     model = load_model(weights_path(args.weights))
+    ds = trained_on(model, args.dataset, args.weights)
     results = []
     for path in args.images:
         try:
-            digit = mnist_style(load_grayscale(path), path)
+            image = mnist_style(load_grayscale(path), path, ds.fit, ds.centre)
         except ImageError as e:
             results.append({"image": path, "error": str(e)})
             continue
-        probs = softmax(model.forward(preprocess(digit[None], model.dtype, model.normalize)))[0]
-        results.append({"image": path, "top": top_classes(probs)})
+        probs = softmax(model.forward(preprocess(image[None], model.dtype, model.normalize)))[0]
+        results.append({"image": path, "top": top_classes(probs, ds.classes)})
     if args.json:
         print(json_text(results))
     for r in results:
         if "error" in r:
             print(f"fastlenet: error: {r['error']}", file=sys.stderr)
         elif not args.json:
-            print(f"{r['image']}: " + ", ".join(f"{t['digit']} ({t['probability']:.1%})" for t in r["top"]))
+            print(f"{r['image']}: " + ", ".join(f"{t['class']} ({t['probability']:.1%})" for t in r["top"]))
     if any("error" in r for r in results):
         raise PredictFailed("images could not be read")
 
 
 def cmd_data(args):
-    from .data import FILES, find_or_download, read_idx, search_dirs
-    print("searched, in order: " + ", ".join(map(str, search_dirs(args.data_dir))))
-    paths = find_or_download(args.data_dir, download_missing=args.download, progress=progress_bar)
+    from .data import find_or_download, read_idx, search_dirs
+    from .datasets import named
+    ds = named(args.dataset or "mnist")
+    print(f"{ds.title}: searched, in order: " + ", ".join(map(str, search_dirs(args.data_dir, ds.name))))
+    paths = find_or_download(args.data_dir, download_missing=args.download, progress=progress_bar, dataset=ds.name)
     for name, path in paths.items():
-        array = read_idx(path, *FILES[name])
-        print(f"ok  {path}  {'x'.join(map(str, array.shape))}  sha256 verified")
+        array = read_idx(path, *ds.files[name], ds.title)
+        print(f"ok  {path}  {'x'.join(map(str, array.shape))}  genuine (checksum verified)")
 
 
 def positive(threads=None, blas_threads=1, **values):

@@ -1,4 +1,5 @@
-"""MNIST: find, download, verify, read and preprocess the four IDX files."""
+"""The data sets' IDX files: find, download, verify, read and preprocess them (which
+data sets there are, and how each is recognised: datasets.py)."""
 
 import gzip
 import hashlib
@@ -15,44 +16,36 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .datasets import MNIST as MNIST_SET
+from .datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, named
 from .errors import DataError
 
-# name -> (SHA-256 of the decompressed IDX payload, expected shape). Pinning the
-# payload rather than the .gz lets any gzip wrapper of the genuine data pass.
-FILES = {
-    "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", (60000, 28, 28)),
-    "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", (60000,)),
-    "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", (10000, 28, 28)),
-    "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", (10000,)),
-}
-
-# Tried in order (FASTLENET_MIRRORS, comma-separated URL prefixes, replaces the list).
-# The original site is last: it often answers 403.
-MIRRORS = [
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-]
+FILES = MNIST_SET.files      # name -> IdxFile(sha256, shape, md5): MNIST's, as before there were others
+MIRRORS = list(MNIST_SET.mirrors)
 
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-MAX_IDX_BYTES = 1 << 31  # far above MNIST; refuses absurd headers before allocating
+MAX_IDX_BYTES = 1 << 31  # far above any of the data sets; refuses absurd headers before allocating
 PART = ".part"  # a download in progress
 
 
-def default_cache_dir():
+def default_cache_dir(name="mnist"):
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fastlenet" / "mnist"
+    return Path(base) / "fastlenet" / name
 
 
-def search_dirs(data_dir=None):
-    """Where MNIST is looked for, in order: --data-dir, $FASTLENET_DATA, the user cache."""
-    dirs = [data_dir, os.environ.get("FASTLENET_DATA"), default_cache_dir()]
-    return [Path(d).expanduser() for d in dirs if d]
+def search_dirs(data_dir=None, name="mnist"):
+    """Where data set `name` is looked for, in order: --data-dir, $FASTLENET_DATA/<name>
+    (and, for MNIST, $FASTLENET_DATA itself: its folder before there were other data
+    sets), the user cache's <name> folder."""
+    dirs = [data_dir]
+    if env := os.environ.get("FASTLENET_DATA"):
+        dirs += [env] * (name == "mnist") + [os.path.join(env, name)]
+    return [Path(d).expanduser() for d in dirs + [default_cache_dir(name)] if d]
 
 
 def payload_size(shape):
-    """Bytes of the IDX payload of a uint8 array of `shape` (every MNIST file): header + data."""
+    """Bytes of the IDX payload of a uint8 array of `shape` (every file of the data sets): header + data."""
     return 4 + 4 * len(shape) + int(np.prod(shape, dtype=np.int64))
 
 
@@ -114,17 +107,48 @@ def parse_idx(payload, name="IDX data"):
     return np.frombuffer(payload, dtype, offset=4 + 4 * ndim).reshape(dims)
 
 
-def read_idx(path, expected_sha256=None, expected_shape=None):
-    """Reads and verifies one IDX file (gzipped or raw)."""
+def read_idx(path, expected_sha256=None, expected_shape=None, expected_md5=None, title="MNIST"):
+    """Reads and verifies one IDX file (gzipped or raw) of data set `title`: genuine if the
+    file is the .gz of MD5 `expected_md5` as published, or if its data has SHA-256
+    `expected_sha256` (either may be None; with both None, the file is not checked)."""
     path = Path(path)
     payload = _payload(path, path.name, payload_size(expected_shape) if expected_shape else MAX_IDX_BYTES)
-    if expected_sha256 and hashlib.sha256(payload).hexdigest() != expected_sha256:
-        raise DataError(f"{path}: SHA-256 of the data is {hashlib.sha256(payload).hexdigest()}, "
-                        f"expected {expected_sha256}: not the genuine MNIST file")
+    if expected_md5 or expected_sha256:
+        check_genuine(path, payload, expected_sha256, expected_md5, title)
     array = parse_idx(payload, path.name)
     if expected_shape and array.shape != expected_shape:
         raise DataError(f"{path.name}: shape {array.shape}, expected {expected_shape}")
     return array
+
+
+def check_genuine(path, payload, expected_sha256, expected_md5, title):
+    """DataError unless the file is the published .gz (MD5) or holds the genuine data (SHA-256)."""
+    if expected_md5 and file_md5(path) == expected_md5:
+        return
+    if expected_sha256:
+        got = hashlib.sha256(payload).hexdigest()
+        if got != expected_sha256:
+            raise DataError(f"{path}: SHA-256 of the data is {got}, expected {expected_sha256}: not the genuine "
+                            f"{title} file")
+    elif not is_gzip(path):
+        raise DataError(f"{path}: {title} is checked against the MD5s its authors publish for the .gz files; "
+                        f"this file is not gzipped, so it cannot be: use the .gz file as published")
+    else:
+        raise DataError(f"{path}: MD5 of the file is {file_md5(path)}, expected {expected_md5} (as published): "
+                        f"not the genuine {title} file")
+
+
+def is_gzip(path):
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def file_md5(path):
+    h = hashlib.md5(usedforsecurity=False)  # a published checksum, not a security measure
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def locate(name, dirs):
@@ -164,31 +188,38 @@ def _fetch(url, dest, timeout, progress, limit, deadline):
         raise
 
 
-def download(name, dest_dir, mirrors=None, retries=2, timeout=30.0, progress=None, deadline=600.0):
-    """Fetches `name`.gz from the first mirror that serves the genuine file.
+def mirror_list(ds, mirrors=None):
+    """URL prefixes to try for data set `ds`: `mirrors`, else $FASTLENET_MIRRORS (comma-separated;
+    "{dataset}" in one stands for the data set's name), else its authors' list."""
+    env = [m.strip().replace("{dataset}", ds.name) for m in os.environ.get("FASTLENET_MIRRORS", "").split(",")]
+    return list(mirrors or [m for m in env if m] or ds.mirrors)
+
+
+def download(name, dest_dir, mirrors=None, retries=2, timeout=30.0, progress=None, deadline=600.0, dataset="mnist"):
+    """Fetches `name`.gz of a data set from the first mirror that serves the genuine file.
 
     Each attempt lands in a temporary file that is verified (gzip, IDX header,
-    SHA-256) before an atomic rename; an HTML page or a truncated file is
+    checksum) before an atomic rename; an HTML page or a truncated file is
     never kept, nor one larger than the file's data can be, nor one that takes over
     `deadline` seconds. Raises DataError naming every mirror's failure.
     """
-    sha256, shape = FILES[name]
+    ds = named(dataset)
+    spec = ds.files[name]
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / f"{name}.gz"
     for stale in dest_dir.glob(f".{dest.name}.*{PART}"):  # left by a download that was killed
         stale.unlink(missing_ok=True)
-    limit = payload_size(shape) * 101 // 100 + 4096  # gzip adds at most ~0.03 % to what it cannot shrink
+    limit = payload_size(spec.shape) * 101 // 100 + 4096  # gzip adds at most ~0.03 % to what it cannot shrink
     progress = progress or _NoProgress
     errors = []
-    env_mirrors = [m.strip() for m in os.environ.get("FASTLENET_MIRRORS", "").split(",") if m.strip()]
-    for mirror in mirrors or env_mirrors or MIRRORS:
+    for mirror in mirror_list(ds, mirrors):
         url = mirror + f"{name}.gz"
         for attempt in range(1, retries + 1):
             tmp = None
             try:
                 tmp = _fetch(url, dest, timeout, progress, limit, deadline)
-                read_idx(tmp, sha256, shape)
+                read_idx(tmp, *spec, ds.title)
                 os.replace(tmp, dest)
                 return dest
             except (OSError, DataError, ValueError) as e:
@@ -200,7 +231,7 @@ def download(name, dest_dir, mirrors=None, retries=2, timeout=30.0, progress=Non
                     break  # a 403 or 404 will not change on retry
                 if attempt < retries:
                     time.sleep(0.5 * attempt)
-    raise DataError(f"could not download {name}.gz:\n  " + "\n  ".join(errors))
+    raise DataError(f"could not download {ds.title}'s {name}.gz:\n  " + "\n  ".join(errors))
 
 
 class _NoProgress:
@@ -216,49 +247,63 @@ class _NoProgress:
 
 @dataclass
 class MNIST:
-    """Raw MNIST: uint8 images (N, 28, 28) and labels (N,)."""
+    """A data set's raw arrays: uint8 images (N, 28, 28) and labels (N,). Named after the
+    first of them; `dataset` says which (datasets.DATASETS)."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
     directory: Path
+    dataset: str = "mnist"
 
 
-TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+TEST_FILES = (TEST_IMAGES, TEST_LABELS)
 
 
-def find_or_download(data_dir=None, download_missing=True, progress=None, mirrors=None, names=tuple(FILES)):
-    """Paths of the files `names` (default: all four), downloading the missing ones into
-    the first writable search directory when allowed."""
-    dirs = search_dirs(data_dir)
-    paths = {name: locate(name, dirs) for name in names}
+def writable(folder):
+    """Whether files can be written in `folder` (created if it can be)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def find_or_download(data_dir=None, download_missing=True, progress=None, mirrors=None, names=None, dataset="mnist"):
+    """Paths of the files `names` (default: all four) of a data set, downloading the missing
+    ones into the first writable search directory when allowed."""
+    ds = named(dataset)
+    dirs = search_dirs(data_dir, ds.name)
+    paths = {name: locate(name, dirs) for name in names or tuple(ds.files)}
     missing = [name for name, path in paths.items() if path is None]
     if missing and download_missing:
-        target = dirs[0]
+        target = next((d for d in dirs if writable(d)), dirs[0])
         for name in missing:
             try:
-                paths[name] = download(name, target, mirrors=mirrors, progress=progress)
+                paths[name] = download(name, target, mirrors=mirrors, progress=progress, dataset=ds.name)
             except (DataError, OSError) as e:
                 raise DataError(
                     f"{e}\nSearched: {', '.join(map(str, dirs))}.\n"
-                    f"To install by hand, put the MNIST files {', '.join(names)} (.gz or raw) "
-                    f"in one of those folders, or point --data-dir / FASTLENET_DATA at them."
+                    f"To install by hand, put the {ds.title} files {', '.join(paths)} (.gz"
+                    f"{' or raw' if all(ds.files[n].sha256 for n in paths) else ', as published'}) "
+                    f"in one of those folders, or point --data-dir at them."
                 ) from None
     elif missing:
-        raise DataError(f"MNIST files missing: {', '.join(missing)}; searched {', '.join(map(str, dirs))}")
+        raise DataError(f"{ds.title} files missing: {', '.join(missing)}; searched {', '.join(map(str, dirs))}")
     return paths
 
 
-def load_mnist(data_dir=None, download_missing=True, progress=None, mirrors=None, test_only=False):
-    """Finds (or downloads), verifies and reads MNIST; with test_only, only the test set
-    (the training set is then empty), which is all an evaluation needs."""
-    paths = find_or_download(data_dir, download_missing, progress, mirrors, TEST_FILES if test_only else tuple(FILES))
-    arrays = {name: read_idx(path, *FILES[name]) for name, path in paths.items()}
+def load_mnist(data_dir=None, download_missing=True, progress=None, mirrors=None, test_only=False, dataset="mnist"):
+    """Finds (or downloads), verifies and reads a data set (MNIST unless named); with
+    test_only, only its test set (the training set is then empty), which is all an
+    evaluation needs."""
+    ds = named(dataset)
+    paths = find_or_download(data_dir, download_missing, progress, mirrors, TEST_FILES if test_only else None, ds.name)
+    arrays = {name: read_idx(path, *ds.files[name], ds.title) for name, path in paths.items()}
     none = (np.empty((0, 28, 28), np.uint8), np.empty(0, np.uint8))
-    return MNIST(arrays.get("train-images-idx3-ubyte", none[0]), arrays.get("train-labels-idx1-ubyte", none[1]),
-                 arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"],
-                 paths["t10k-images-idx3-ubyte"].parent)
+    return MNIST(arrays.get(TRAIN_IMAGES, none[0]), arrays.get(TRAIN_LABELS, none[1]),
+                 arrays[TEST_IMAGES], arrays[TEST_LABELS], paths[TEST_IMAGES].parent, ds.name)
 
 
 def check_pair(images, labels, what):

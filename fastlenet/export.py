@@ -13,10 +13,13 @@ layer's as (out, in) with y = x W^T + b, and flatten (C, H, W) in that order, so
 the tensors cross unchanged: only their names differ.
 """
 
+import json
+
 import numpy as np
 from safetensors.numpy import save as safetensors_bytes
 
 from .data import PAD, standardisation
+from .datasets import named
 from .errors import FastLeNetError, WeightsError
 from .models import LeNet5
 from .storage import atomic_write, read_safetensors
@@ -37,9 +40,9 @@ def to_torch(model, path):
     atomic_write(path, safetensors_bytes(tensors, metadata={"format": "pt"}))
 
 
-def from_torch(path, normalize=False):
-    """A float32 LeNet5 from PyTorch's tensors (saved with safetensors.torch.save_file).
-    Every name, shape and dtype must fit exactly: nothing is guessed."""
+def from_torch(path, normalize=False, dataset="mnist"):
+    """A float32 LeNet5 from PyTorch's tensors (saved with safetensors.torch.save_file), trained
+    on `dataset`. Every name, shape and dtype must fit exactly: nothing is guessed."""
     tensors, _ = read_safetensors(path)
     expected = {theirs: ours for ours, theirs in TORCH_NAMES.items()}
     missing, unknown = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
@@ -48,7 +51,7 @@ def from_torch(path, normalize=False):
                            + "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
                                                          f"unknown {', '.join(unknown)}" if unknown else "") if part))
     model = LeNet5("fast", np.float32)
-    model.normalize = normalize
+    model.normalize, model.dataset = normalize, named(dataset).name
     shapes = {name: a.shape for name, a in model.state_dict().items()}
     for theirs, a in sorted(tensors.items()):
         ours = expected[theirs]
@@ -66,7 +69,8 @@ def to_onnx(model, path):
     """The model as an ONNX graph (opset OPSET, float32): input "image", uint8 (N, 28, 28), MNIST's
     raw pixels (0 background, 255 ink); output "logits", float32 (N, 10); N dynamic. The
     preprocessing the model was trained with is in the graph: scaling to [0, 1], the 2-pixel
-    padding to 32 x 32 and, for a --normalize model, MNIST's mean and std."""
+    padding to 32 x 32 and, for a --normalize model, MNIST's mean and std. The model's
+    metadata_props name its data set ("dataset") and its classes ("classes", a JSON list)."""
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
@@ -98,7 +102,9 @@ def to_onnx(model, path):
         nodes, "fastlenet_lenet5", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 28, 28])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                   producer_name="fastlenet", doc_string="LeNet-5 trained with fastlenet")
+                                   producer_name="fastlenet",
+                                   doc_string=f"LeNet-5 trained with fastlenet on {named(model.dataset).title}")
+    helper.set_model_props(onnx_model, {"dataset": model.dataset, "classes": json.dumps(named(model.dataset).classes)})
     onnx.checker.check_model(onnx_model, full_check=True)
     atomic_write(path, onnx_model.SerializeToString())
 

@@ -43,22 +43,25 @@ def accuracy_curve(iterations, accuracies, path):
     _save(fig, path)
 
 
-def confusion(counts, path):
+def confusion(counts, path, classes=tuple("0123456789")):
     counts = np.asarray(counts)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    fig, ax = plt.subplots(figsize=(6.4 + 0.1 * max(map(len, classes)), 5.6))
     im = ax.imshow(np.log1p(counts), cmap="Blues")
     for (t, p), v in np.ndenumerate(counts):
         if v:
             ax.text(p, t, str(v), ha="center", va="center", fontsize=7,
                     color="white" if v > counts.max() / 3 else "black")
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
            title=f"Test confusion matrix ({np.trace(counts)}/{counts.sum()} right)")
+    long_names = max(map(len, classes)) > 2
+    ax.set_xticklabels(classes, rotation=45 if long_names else 0, ha="right" if long_names else "center")
+    ax.set_yticklabels(classes)
     fig.colorbar(im, ax=ax, label="log(1 + count)")
     _save(fig, path)
 
 
-def misclassified(images, labels, probs, path, limit=36):
-    """A grid of wrongly classified images: true label, top-2 predictions with probabilities."""
+def misclassified(images, labels, probs, path, classes=tuple("0123456789"), limit=36):
+    """A grid of wrongly classified images: true class, top-2 predictions with probabilities."""
     wrong = np.flatnonzero(probs.argmax(axis=1) != labels)[:limit]
     cols = 6
     rows = max(1, int(np.ceil(len(wrong) / cols)))
@@ -68,9 +71,9 @@ def misclassified(images, labels, probs, path, limit=36):
     for ax, i in zip(np.ravel(axes), wrong):
         top = np.argsort(probs[i])[::-1][:2]
         ax.imshow(images[i], cmap="gray_r")
-        ax.set_title(f"true {labels[i]}\n{top[0]}: {probs[i, top[0]]:.0%}  {top[1]}: {probs[i, top[1]]:.0%}",
-                     fontsize=8)
-    fig.suptitle(f"Misclassified test digits ({len(wrong)} shown): true label, top-2 predictions", fontsize=9)
+        ax.set_title(f"true {classes[labels[i]]}\n{classes[top[0]]}: {probs[i, top[0]]:.0%}  "
+                     f"{classes[top[1]]}: {probs[i, top[1]]:.0%}", fontsize=7)
+    fig.suptitle(f"Misclassified test images ({len(wrong)} shown): true class, top-2 predictions", fontsize=9)
     _save(fig, path)
 
 

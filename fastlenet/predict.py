@@ -1,4 +1,5 @@
-"""A photo or drawing of a digit -> an MNIST-style 32x32 input, and its top classes."""
+"""A photo or drawing of a digit (or of a data set's other classes) -> an MNIST-style
+28 x 28 image, and its top classes."""
 
 from pathlib import Path
 
@@ -57,9 +58,10 @@ def border(a):
     return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
 
 
-def mnist_style(pixels, name="image"):
-    """Grayscale [0, 1] -> uint8 (28, 28) the way MNIST was made: white digit on black,
-    cropped to the digit, scaled to fit 20x20 keeping aspect, centred by centre of mass."""
+def mnist_style(pixels, name="image", fit=20, centre="mass"):
+    """Grayscale [0, 1] -> uint8 (28, 28) the way the data set was made: white ink on black,
+    cropped to the ink, scaled to fit `fit` x `fit` keeping aspect, centred by centre of
+    mass (MNIST: fit 20, "mass") or by its box (Fashion-MNIST, KMNIST: fit 28, "box")."""
     ink = 1.0 - pixels if border(pixels).mean() > 0.5 else pixels  # light background: invert
     ink = np.clip(ink - np.median(border(ink)), 0, 1)               # background level -> 0
     rows, cols = np.flatnonzero(ink.max(axis=1) > 0.2), np.flatnonzero(ink.max(axis=0) > 0.2)
@@ -67,19 +69,20 @@ def mnist_style(pixels, name="image"):
         raise ImageError(f"{name}: no digit found: the image is blank")
     ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = ink.shape
-    scale = 20.0 / max(h, w)
+    scale = fit / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     digit = np.asarray(Image.fromarray((ink * 255).astype(np.uint8)).resize(size, Image.LANCZOS), np.float64)
     canvas = np.zeros((28, 28))
     total = digit.sum()
-    cy, cx = ((np.indices(digit.shape) * digit).reshape(2, -1).sum(axis=1) / total) if total else \
-        ((digit.shape[0] - 1) / 2, (digit.shape[1] - 1) / 2)
+    cy, cx = ((np.indices(digit.shape) * digit).reshape(2, -1).sum(axis=1) / total) if total and centre == "mass" \
+        else ((digit.shape[0] - 1) / 2, (digit.shape[1] - 1) / 2)
     top = int(np.clip(round(13.5 - cy), 0, 28 - digit.shape[0]))
     left = int(np.clip(round(13.5 - cx), 0, 28 - digit.shape[1]))
     canvas[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
-def top_classes(probs, k=3):
+def top_classes(probs, classes=tuple("0123456789"), k=3):
+    """The k likeliest classes: label ("digit", for MNIST's sake), name and probability."""
     order = np.argsort(probs)[::-1][:k]
-    return [{"digit": int(d), "probability": float(probs[d])} for d in order]
+    return [{"digit": int(d), "class": classes[d], "probability": float(probs[d])} for d in order]

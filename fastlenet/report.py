@@ -5,6 +5,7 @@ import numpy as np
 
 from . import plots
 from .compiling import kernel_cache_stats
+from .datasets import named
 from .evaluation import predict_proba, report
 from .storage import WEIGHTS_NAME, save_model
 
@@ -29,7 +30,7 @@ def finish(trainer, run, compile_s):
     test_probs = predict_proba(model, data.test_images)
     test = report(test_probs, data.test_labels)
     train_probs = predict_proba(model, data.train_images[trainer.train_idx])
-    figures(run.path, iters, evals, test, data, test_probs)
+    figures(run.path, iters, evals, test, data, test_probs, named(data.dataset).classes)
     train_seconds = float(sum(trainer.epoch_seconds))
     summary = {
         "test_accuracy": test["accuracy"],
@@ -46,6 +47,7 @@ def finish(trainer, run, compile_s):
         **epoch_costs(trainer.epoch_compute_seconds, trainer.epoch_wall_seconds),
         "numba_compile_s": compile_s,
         "numba_cache": kernel_cache_stats(),
+        "dataset": data.dataset,
         "backend": trainer.config.backend,
         "threads": trainer.threads,
     }
@@ -65,10 +67,10 @@ def epoch_costs(compute, wall):
             "epoch_over_compute": sum(wall) / sum(compute)}
 
 
-def figures(folder, iters, evals, test, data, test_probs):
+def figures(folder, iters, evals, test, data, test_probs, classes):
     plots.loss_curve(np.array([m["iteration"] for m in iters]), np.array([m["loss"] for m in iters]),
                      folder / "loss.png")
     plots.accuracy_curve([m["iteration"] for m in evals], [m["val_accuracy"] for m in evals],
                          folder / "val_accuracy.png")
-    plots.confusion(test["confusion_matrix"], folder / "confusion_matrix.png")
-    plots.misclassified(data.test_images, data.test_labels, test_probs, folder / "misclassified.png")
+    plots.confusion(test["confusion_matrix"], folder / "confusion_matrix.png", classes)
+    plots.misclassified(data.test_images, data.test_labels, test_probs, folder / "misclassified.png", classes)

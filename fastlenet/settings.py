@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .core import ALGORITHMS
+from .datasets import DATA_DIR_HELP, DATASETS
 from .errors import FastLeNetError
 from .schedules import LR_SCHEDULES
 
@@ -65,8 +66,9 @@ class TrainConfig:
                                 maximum=cores, resumable=True)
     deterministic: bool = setting(False, "refuse settings whose results depend on thread scheduling "
                                          "(BLAS threads > 1)", resumable=True)
-    data_dir: str | None = setting(None, "folder with the MNIST IDX files (else $FASTLENET_DATA, else "
-                                         "~/.cache/fastlenet/mnist; downloaded there when missing)", resumable=True)
+    dataset: str = setting("mnist", "the data set: mnist, fashion-mnist or kmnist (recorded with the run and its "
+                                    "weights)", choices=tuple(DATASETS))
+    data_dir: str | None = setting(None, DATA_DIR_HELP, resumable=True)
     out: str | None = setting(None, "run directory (default runs/<timestamp>)")
     eval_every: int = setting(100, "validate every N iterations", minimum=1)
     limit_train: int | None = setting(None, "train on the first N training images only", minimum=1)
@@ -259,7 +261,8 @@ def resumed(stored, changes, source):
     does not depend on the run's length."""
     config = TrainConfig.from_dict(stored, source)
     meta = {f.name: f.metadata for f in fields(TrainConfig)}
-    refused = sorted(flag(k) for k, v in changes.items() if not meta[k]["resumable"] and v != stored.get(k))
+    # against the settings read, so a setting newer than the run compares with its default
+    refused = sorted(flag(k) for k, v in changes.items() if not meta[k]["resumable"] and v != getattr(config, k))
     if refused:
         allowed = ", ".join(flag(k) for k, m in meta.items() if m["resumable"])
         raise SettingsError(f"--resume continues a run with its own settings; it cannot change "

@@ -13,6 +13,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
+from .datasets import DATASETS
 from .errors import WeightsError
 from .models import LeNet5
 
@@ -155,9 +156,10 @@ def load_tensors(path):
 
 
 def model_metadata(model):
-    """What a model needs besides its tensors: architecture, dtype and input preprocessing."""
+    """What a model needs besides its tensors: architecture, dtype, input preprocessing and
+    the data set it classifies."""
     return {"architecture": model.architecture, "dtype": model.dtype.name,
-            "normalize": "true" if model.normalize else "false"}
+            "normalize": "true" if model.normalize else "false", "dataset": model.dataset}
 
 
 def save_model(path, model, extra=None):
@@ -181,8 +183,11 @@ def load_model(path, backend="fast"):
         if bad:
             raise WeightsError(f"{path}: '{name}' holds {bad} NaN or infinite values; weights must be finite "
                                f"(a run that diverged?)")
+    dataset = metadata.get("dataset", "mnist")  # weights from before it was recorded: MNIST's
+    if dataset not in DATASETS:
+        raise WeightsError(f"{path}: weights of data set {dataset!r}; data sets are: {', '.join(DATASETS)}")
     model = LeNet5(backend, dtype=dtype)
-    model.normalize = normalize == "true"
+    model.normalize, model.dataset = normalize == "true", dataset
     try:
         model.load_state_dict(tensors)
     except (ValueError, TypeError) as e:

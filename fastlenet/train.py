@@ -270,7 +270,7 @@ def data_order_rng(seed):
 
 def new_model(config, seed):
     model = LeNet5(config.backend, np.dtype(config.dtype), seed=seed, conv=config.conv)
-    model.normalize = config.normalize
+    model.normalize, model.dataset = config.normalize, config.dataset
     return model
 
 
@@ -336,7 +336,9 @@ def settings_of(config, resume, changes):
 
 def load_data(config, data, progress):
     """The data set and the (train, validation) split, checked before a run directory is touched."""
-    data = data if data is not None else load_mnist(config.data_dir, progress=progress)
+    data = data if data is not None else load_mnist(config.data_dir, progress=progress, dataset=config.dataset)
+    if data.dataset != config.dataset:
+        raise SettingsError(f"--dataset {config.dataset}, but the data given is {data.dataset}")
     check_pair(data.train_images, data.train_labels, "training set")
     check_pair(data.test_images, data.test_labels, "test set")
     if config.val_size >= len(data.train_images):
@@ -388,7 +390,7 @@ def run_in(run, config, data, train_idx, val_idx, resume, progress, log, compare
     elif lead:
         run.write_config({"config": config.to_dict(), "threads": threads, "ranks": comm.size,
                           "environment": environment(),
-                          "data": {"directory": str(data.directory), "train_images": len(train_idx),
+                          "data": {"dataset": config.dataset, "directory": str(data.directory), "train_images": len(train_idx),
                                    "validation_indices": val_idx.tolist()}})
     with run.open_metrics(lead, trainer.iteration if resume else None) as metrics, StopFlag() as stop:
         trainer.run(metrics, stop)

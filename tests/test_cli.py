@@ -109,7 +109,10 @@ def test_bad_out_and_missing_data(tmp_path):
 def test_data_command_verifies(real_mnist):
     result = run_cli("data", "--data-dir", real_mnist.directory)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("sha256 verified") == 4 and "60000x28x28" in result.stdout
+    assert result.stdout.count("genuine (checksum verified)") == 4 and "60000x28x28" in result.stdout
+    assert result.stdout.startswith("MNIST: searched, in order: ")
+    one_line_error(run_cli("data", "--dataset", "fashion-mnist", "--data-dir", real_mnist.directory),
+                   "not the genuine Fashion-MNIST file")
 
 
 def test_evaluate_prints_table_and_json(trained):
