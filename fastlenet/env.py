@@ -16,6 +16,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from . import policy
+from .kernels import simd
 from .policy import hold_freed_memory, release_freed_memory  # noqa: F401 (their import path before policy.py)
 
 
@@ -66,6 +67,8 @@ def environment():
         "freed_memory_held": policy.heap_held(),
         "blas": blas,
         "cpu": cpu_model(),
+        "llvm_cpu": simd.llvm_target()[0],
+        "vector_bytes": simd.BYTES,
         "cores": os.cpu_count(),
         "platform": platform.platform(),
     }

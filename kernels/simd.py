@@ -5,12 +5,17 @@ running sums in memory: every multiply-add loads and stores its output. A
 kernel that keeps a block of outputs in registers across a whole reduction
 (a register-blocked micro-kernel, as in a BLAS) needs vector values it can
 hold in local variables; Numba has none, so this module adds one: `Vector`,
-lowered to LLVM's `<lanes x float>`, which the backend maps onto whatever the
-CPU has (one AVX2 register here, two SSE registers elsewhere).
+lowered to LLVM's `<lanes x float>`: one register of the CPU the kernels are
+compiled for, BYTES wide (`vector_bytes`: 64 with AVX-512, 32 with AVX2, 16
+otherwise; FASTLENET_VECTOR_BYTES forces one, which any CPU runs correctly:
+LLVM splits a vector wider than its registers). The kernels' on-disk cache is
+kept apart per width (jit.py).
 
 Each operation is also a plain NumPy function, so a kernel runs unchanged as
 Python under NUMBA_DISABLE_JIT or through `.py_func`.
 """
+
+import os
 
 import numpy as np
 from llvmlite import ir
@@ -19,11 +24,41 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, overload, register_model
 
-BYTES = 32  # one AVX2 register
+WIDTHS = (16, 32, 64)  # SSE / NEON, AVX2, AVX-512
+
+
+def llvm_target():
+    """(CPU name, feature string) that Numba compiles for: the host's, or NUMBA_CPU_NAME's and
+    NUMBA_CPU_FEATURES'. Numba keys its cache on them."""
+    from numba.core.registry import cpu_target
+    _, name, features = cpu_target.target_context.codegen().magic_tuple()
+    return name, features
+
+
+def host_vector_bytes(features=None):
+    """Bytes of one vector register of the CPU Numba compiles for (`features`: LLVM's
+    feature string, default llvm_target()'s)."""
+    features = llvm_target()[1] if features is None else features
+    enabled = set(f[1:] for f in features.split(",") if f.startswith("+"))
+    return 64 if "avx512f" in enabled else 32 if "avx" in enabled else 16
+
+
+def vector_bytes():
+    """FASTLENET_VECTOR_BYTES if set (16, 32 or 64), else the host's register width."""
+    forced = os.environ.get("FASTLENET_VECTOR_BYTES", "").strip()
+    if not forced:
+        return host_vector_bytes()
+    if forced not in {str(w) for w in WIDTHS}:
+        raise ValueError(f"FASTLENET_VECTOR_BYTES must be one of {', '.join(map(str, WIDTHS))} (bytes per vector), "
+                         f"got {forced!r}")
+    return int(forced)
+
+
+BYTES = vector_bytes()
 
 
 def lanes(a):
-    """Elements per vector of a's dtype: 8 float32, 4 float64."""
+    """Elements per vector of a's dtype: BYTES / 4 float32, BYTES / 8 float64."""
     return BYTES // a.dtype.itemsize
 
 

@@ -9,6 +9,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 from fastlenet import kernels
+from fastlenet.kernels import simd
 from fastlenet.kernels.simd import fma, lanes, load, splat, store
 from fastlenet.kernels import (col2im, gather_windows, interleave, maxpool2x2_backward_interleaved,
                                maxpool2x2_forward, maxpool2x2_forward_interleaved, maxpool_backward, maxpool_forward,
@@ -158,7 +159,7 @@ def test_vectors_load_multiply_add_and_store_a_register_of_elements(kernel, dtyp
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal(20).astype(dtype), rng.standard_normal(20).astype(dtype)
     n = lanes(x)
-    assert n == 32 // x.itemsize
+    assert n == simd.BYTES // x.itemsize
     expected = y.copy()
     expected[:n] = dtype(1.5) * x[1:1 + n] + y[:n]
     out = np.zeros(20, dtype)

@@ -15,7 +15,10 @@ BACKENDS = [pytest.param(ref, id="reference"), pytest.param(fast, id="fast")]
 # odd sizes, non-square images, kernels 1/3/5, paddings 0/1/2, and strides 1/2,
 # that is both fast algorithms: direct (stride 1) and im2col + GEMM (stride 2);
 # more than six channels or filters, rows shorter and longer than a register block
+# interleaved rows of 45 positions: longer than a block of 64-byte vectors (32 float32), not a multiple
+WIDE_ROWS = (5, 3, 7, 8, 9, 3, 1, 1)
 CONV_CASES = [
+    WIDE_ROWS,
     (2, 3, 4, 9, 8, 5, 1, 1),
     (1, 8, 2, 6, 7, 3, 1, 2),
     (1, 1, 1, 5, 5, 1, 1, 0),
