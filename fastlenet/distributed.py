@@ -20,7 +20,7 @@ MPI_LAUNCH_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")  # MPICH/Hyd
 
 
 class SingleProcess:
-    rank, size = 0, 1
+    rank, size, local_size = 0, 1, 1
 
     def allreduce(self, buffer):
         return buffer
@@ -39,6 +39,7 @@ class MPIProcesses:
         from mpi4py import MPI
         self.MPI, self.comm = MPI, MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.local_size = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()  # ranks on this machine
 
     def allreduce(self, buffer):
         """Sums buffer over the ranks, in place; every rank gets the same bits."""

@@ -64,6 +64,8 @@ def environment():
         "llvmlite": llvmlite.__version__,
         "numba_threads": numba.get_num_threads(),
         "numba_threading_layer": layer,
+        "openmp_settings": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+                            if k in os.environ},
         "freed_memory_held": policy.heap_held(),
         "blas": blas,
         "cpu": cpu_model(),

@@ -29,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import fields
 from pathlib import Path
 
+from .contention import usable_cpus
 from .distributed import SingleProcess
 from .env import hold_freed_memory
 from .errors import FastLeNetError
@@ -158,12 +159,24 @@ PR_SET_PDEATHSIG = 1
 PARENT = None  # in a pool worker: the sweep's process
 
 
+def shared_threads(threads, workers, log):
+    """Points' threads such that the workers' points fit on this machine's cores together
+    (workers spinning on a core that another worker needs slow both: README, Contention)."""
+    cpus = len(usable_cpus())
+    fair = max(1, cpus // workers)
+    if threads > fair:
+        log(f"{workers} workers x {threads} threads would ask for more than the {cpus} cores here: "
+            f"{fair} thread{'s' * (fair > 1)} per point")
+    return min(threads, fair)
+
+
 def run_sweep(grid_path, out=None, workers=2, executor="process", data_dir=None, threads=1, log=print,
               overwrite=False):
     """Runs every unfinished point of the grid; writes summary.csv (every point, with its
     status and error) and sweep.png. Returns the rows; a failed point does not stop the others."""
     base, points = read_grid(grid_path)
     out = Path(out or Path("sweeps") / Path(grid_path).stem)
+    threads = shared_threads(threads, workers, log) if executor == "process" else threads
     todo = plan(grid_path, base, points, out, data_dir, threads, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     pending = [(name, config, what) for name, config, what in todo if what != "reuse"]

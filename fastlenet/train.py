@@ -14,6 +14,7 @@ import numpy as np
 
 from .averaging import WeightAverage
 from .compile_ahead import compile_ahead
+from .contention import CoreSharing
 from .augment import distort, distorted_epochs, draws
 from .data import PAD, check_pair, load_mnist, standardisation, validation_split
 from .distributed import GradientExchange, SingleProcess, check_replicas, world
@@ -28,7 +29,7 @@ from .optim import make_optimizer
 from .report import finish, smoothed_crossing  # noqa: F401 (smoothed_crossing: its old import path)
 from .rundir import CHECKPOINT, CHECKPOINT_STATE, RunDir, read_metrics  # noqa: F401 (old import paths)
 from .schedules import LR_SCHEDULES, learning_rate  # noqa: F401 (old import paths)
-from .settings import SettingsError, TrainConfig, resumed
+from .settings import SettingsError, TrainConfig, cores, resumed
 from .storage import model_metadata
 from .workloads import median_step_seconds
 
@@ -81,6 +82,7 @@ class Trainer:
         # per epoch: the steps' compute (forward, backward, optimizer) and everything the epoch took
         self.epoch_compute_seconds, self.epoch_wall_seconds, self.compute_s = [], [], 0.0
         self.progress = progress if comm.rank == 0 else None
+        self.sharing = None  # run_in's CoreSharing, when the threads are left to fastlenet
         self.batches_per_epoch = math.ceil(len(train_idx) / config.batch_size)
 
     # -- state ------------------------------------------------------------------------------
@@ -174,6 +176,8 @@ class Trainer:
                                     refresh=False)
                     bar.update()
                 self.between_steps(metrics, stop, stopping)
+                if self.sharing and self.sharing.due():
+                    self.sharing.look(metrics, self.iteration)
             if bar:
                 bar.close()
             self.record_validation(metrics)
@@ -378,8 +382,11 @@ def train(config=None, resume=None, overwrite=False, data=None, progress=None, l
 def run_in(run, config, data, train_idx, val_idx, resume, progress, log, compare_reference, comm, started):
     """train() once its run directory is held."""
     config.out = str(run.path)
-    threads = set_threads(config.threads, config.blas_threads)
+    # ranks on one machine share its cores; a count given is the user's
+    threads = set_threads(config.threads or max(1, cores() // comm.local_size), config.blas_threads)
     trainer = Trainer(config, run, data, train_idx, val_idx, threads, comm, None if config.quiet else progress)
+    if config.threads is None:  # left to fastlenet: the cores other processes leave
+        trainer.sharing = CoreSharing(trainer.threads, log if comm.rank == 0 and not config.quiet else None)
     compile_s = warm_up(trainer, evaluation_sizes(trainer))
     reference_step_s = reference_step_seconds(trainer) if compare_reference else None
     lead = comm.rank == 0

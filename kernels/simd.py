@@ -24,7 +24,13 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, overload, register_model
 
+from ..errors import FastLeNetError
+
 WIDTHS = (16, 32, 64)  # SSE / NEON, AVX2, AVX-512
+
+
+class VectorWidthError(FastLeNetError, ValueError):
+    """FASTLENET_VECTOR_BYTES set to what no vector is: the CLI prints it as one line."""
 
 
 def llvm_target():
@@ -49,7 +55,7 @@ def vector_bytes():
     if not forced:
         return host_vector_bytes()
     if forced not in {str(w) for w in WIDTHS}:
-        raise ValueError(f"FASTLENET_VECTOR_BYTES must be one of {', '.join(map(str, WIDTHS))} (bytes per vector), "
+        raise VectorWidthError(f"FASTLENET_VECTOR_BYTES must be one of {', '.join(map(str, WIDTHS))} (bytes per vector), "
                          f"got {forced!r}")
     return int(forced)
 

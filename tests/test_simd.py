@@ -46,6 +46,15 @@ def test_a_forced_width_must_be_a_register_size(monkeypatch, value):
     assert simd.vector_bytes() == 16
 
 
+def test_a_forced_width_that_cannot_be_is_one_line_from_the_cli(tmp_path):
+    env = dict(os.environ, FASTLENET_VECTOR_BYTES="48")
+    result = subprocess.run([sys.executable, "-m", "fastlenet", "train", "--epochs", "1", "--out", str(tmp_path / "r")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1 and not (tmp_path / "r").exists()
+    assert result.stderr.strip().splitlines() == ["fastlenet: error: FASTLENET_VECTOR_BYTES must be one of 16, 32, 64 "
+                                                  "(bytes per vector), got '48'"]
+
+
 # The convolution (and Linear's 1x1 path) against the reference, in float32 and float64,
 # on both row layouts: rows shorter and longer than a block of every width
 WIDTH_CASES = "conv_fast_matches_reference or conv_on_a_batch_innermost or linear_gradients"
