@@ -23,9 +23,9 @@ def add_data_dir(p):
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
 
 
-def add_dataset(p, what):
+def add_dataset(p, what, default=None):
     from .datasets import DATASETS
-    p.add_argument("--dataset", choices=list(DATASETS), help=what)
+    p.add_argument("--dataset", choices=list(DATASETS), default=default, help=what)
 
 
 def add_train(sub):
@@ -75,10 +75,10 @@ def build_parser():
     m.add_argument("-o", "--output", required=True, metavar="FILE")
     m.add_argument("--normalize", action="store_true", help="the model was trained on inputs standardised with "
                                                             "MNIST's mean and std (as fastlenet train --normalize)")
-    add_dataset(m, "the data set the model was trained on (default mnist)")
+    add_dataset(m, "the data set the model was trained on (default mnist)", "mnist")
 
     a = sub.add_parser("data", help="where a data set is; verify it; download it with --download")
-    add_dataset(a, "the data set (default mnist)")
+    add_dataset(a, "the data set (default mnist)", "mnist")
     add_data_dir(a)
     a.add_argument("--download", action="store_true")
 
@@ -159,7 +159,7 @@ def cmd_export(args):
 def cmd_import(args):
     from .export import from_torch
     from .storage import save_model
-    save_model(args.output, from_torch(args.torch_weights, args.normalize, args.dataset or "mnist"))
+    save_model(args.output, from_torch(args.torch_weights, args.normalize, args.dataset))
     print(f"wrote {args.output} (fastlenet weights: fastlenet evaluate / predict read it)")
 
 
@@ -227,7 +227,7 @@ def cmd_predict(args):
 def cmd_data(args):
     from .data import find_or_download, read_idx, search_dirs
     from .datasets import named
-    ds = named(args.dataset or "mnist")
+    ds = named(args.dataset)
     print(f"{ds.title}: searched, in order: " + ", ".join(map(str, search_dirs(args.data_dir, ds.name))))
     paths = find_or_download(args.data_dir, download_missing=args.download, progress=progress_bar, dataset=ds.name)
     for name, path in paths.items():

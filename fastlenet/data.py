@@ -27,6 +27,7 @@ IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtyp
              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 MAX_IDX_BYTES = 1 << 31  # far above any of the data sets; refuses absurd headers before allocating
 PART = ".part"  # a download in progress
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def default_cache_dir(name="mnist"):
@@ -53,7 +54,7 @@ def _payload(path, name, limit):
     """The IDX bytes of a file: gunzipped if it is gzip, refused if it is HTML or would hold
     more than `limit` bytes. Never reads or inflates more than limit + 1 bytes."""
     with open(path, "rb") as f:
-        if f.read(2) == b"\x1f\x8b":
+        if f.read(2) == GZIP_MAGIC:
             f.seek(0)
             return inflate(f, name, limit)
         f.seek(0)
@@ -123,7 +124,8 @@ def read_idx(path, expected_sha256=None, expected_shape=None, expected_md5=None,
 
 def check_genuine(path, payload, expected_sha256, expected_md5, title):
     """DataError unless the file is the published .gz (MD5) or holds the genuine data (SHA-256)."""
-    if expected_md5 and file_md5(path) == expected_md5:
+    md5 = file_md5(path) if expected_md5 else None
+    if md5 and md5 == expected_md5:
         return
     if expected_sha256:
         got = hashlib.sha256(payload).hexdigest()
@@ -134,13 +136,13 @@ def check_genuine(path, payload, expected_sha256, expected_md5, title):
         raise DataError(f"{path}: {title} is checked against the MD5s its authors publish for the .gz files; "
                         f"this file is not gzipped, so it cannot be: use the .gz file as published")
     else:
-        raise DataError(f"{path}: MD5 of the file is {file_md5(path)}, expected {expected_md5} (as published): "
+        raise DataError(f"{path}: MD5 of the file is {md5}, expected {expected_md5} (as published): "
                         f"not the genuine {title} file")
 
 
 def is_gzip(path):
     with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
+        return f.read(2) == GZIP_MAGIC
 
 
 def file_md5(path):

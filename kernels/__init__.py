@@ -21,7 +21,8 @@ the output buffers they are given. Installed as `fastlenet.kernels`.
 The names here are checked entry points (checked.py: shapes, dtypes, contiguity
 -> a one-line KernelArgumentError); `.kernel` is the compiled kernel, which the
 fast layers import from the kernel files and call unchecked. jit.py holds the
-Numba options they share; simd.py the vector type conv.py's
+Numba options they share and the cache they are kept in (stamped with every kernel
+file and the vector width); simd.py the vector type conv.py's
 blocks use. Every parallel loop is partitioned so that each output element has
 exactly one writer, so results do not depend on the Numba thread count.
 """
