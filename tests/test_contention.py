@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -114,3 +115,18 @@ def test_a_sweeps_points_share_the_cores(monkeypatch):
     assert said == ["2 workers x 2 threads would ask for more than the 2 cores here: 1 thread per point"]
     assert sweep.shared_threads(1, 2, said.append) == 1 and sweep.shared_threads(2, 1, said.append) == 2
     assert sweep.shared_threads(3, 4, said.append) == 1 and len(said) == 2
+
+
+@pytest.mark.slow
+def test_the_contention_benchmark_runs(real_mnist, tmp_path):
+    """bench/contention.py end to end on a few hundred images (its timings are not asserted)."""
+    script = Path(__file__).parent.parent / "bench" / "contention.py"
+    result = subprocess.run([sys.executable, str(script), "--images", "600", "--rounds", "1", "--data-dir",
+                             str(real_mnist.directory)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["scenario", "median", "step", "x", "quiet", "threads"]
+    assert [line[:14].strip() for line in lines[1:]] == ["quiet", "busy loop", "two trainings", "sweep 2x2",
+                                                          "mpi 2 ranks"]
+    fair = min(2, max(1, len(contention.usable_cpus()) // 2))  # --workers 2 --threads 2 on this machine
+    assert f"'numba': {fair}" in lines[4]
