@@ -20,8 +20,7 @@ from .datasets import MNIST as MNIST_SET
 from .datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, named
 from .errors import DataError
 
-FILES = MNIST_SET.files      # name -> IdxFile(sha256, shape, md5): MNIST's, as before there were others
-MIRRORS = list(MNIST_SET.mirrors)
+FILES = MNIST_SET.files  # name -> IdxFile(sha256, shape, md5): MNIST's, as before there were others
 
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}

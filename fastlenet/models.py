@@ -17,9 +17,9 @@ class LeNet5(Sequential):
     Parameters are named "c1.weight", "c1.bias", ..., "f7.bias". The same
     seed gives the same initial weights whichever the backend. `normalize`
     is the input preprocessing the weights were trained with (data.preprocess)
-    and `dataset` the data (datasets.DATASETS): both are saved and loaded with them. `conv` picks the fast engine's rung for
-    the convolutions and the pools (fastlenet.fast.Conv2D, MaxPool2D): "auto",
-    "im2col" or "direct".
+    and `dataset` the data (datasets.DATASETS): both are saved and loaded with them.
+    `conv` picks the fast engine's rung for the convolutions and the pools
+    (fastlenet.fast.Conv2D, MaxPool2D): "auto", "im2col" or "direct".
     """
 
     architecture = "lenet5"

@@ -397,7 +397,8 @@ def run_in(run, config, data, train_idx, val_idx, resume, progress, log, compare
     elif lead:
         run.write_config({"config": config.to_dict(), "threads": threads, "ranks": comm.size,
                           "environment": environment(),
-                          "data": {"dataset": config.dataset, "directory": str(data.directory), "train_images": len(train_idx),
+                          "data": {"dataset": config.dataset, "directory": str(data.directory),
+                                   "train_images": len(train_idx),
                                    "validation_indices": val_idx.tolist()}})
     with run.open_metrics(lead, trainer.iteration if resume else None) as metrics, StopFlag() as stop:
         trainer.run(metrics, stop)

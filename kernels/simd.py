@@ -55,8 +55,8 @@ def vector_bytes():
     if not forced:
         return host_vector_bytes()
     if forced not in {str(w) for w in WIDTHS}:
-        raise VectorWidthError(f"FASTLENET_VECTOR_BYTES must be one of {', '.join(map(str, WIDTHS))} (bytes per vector), "
-                         f"got {forced!r}")
+        raise VectorWidthError(f"FASTLENET_VECTOR_BYTES must be one of {', '.join(map(str, WIDTHS))} "
+                               f"(bytes per vector), got {forced!r}")
     return int(forced)
 
 

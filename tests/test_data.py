@@ -244,7 +244,8 @@ def test_a_mirror_that_never_stops_is_cut_at_the_size_the_file_can_be(tmp_path, 
 def test_a_mirror_that_drips_is_cut_at_the_deadline(tmp_path, mirrors):
     start = time.monotonic()
     with pytest.raises(DataError, match=r"drip/t10k-labels-idx1-ubyte.gz \(try 1\): not done after 1 s"):
-        data.download(NAME, tmp_path, mirrors=[mirrors["drip"]], retries=1, timeout=5, deadline=1.0, dataset=mirrors["dataset"])
+        data.download(NAME, tmp_path, mirrors=[mirrors["drip"]], retries=1, timeout=5, deadline=1.0,
+                      dataset=mirrors["dataset"])
     assert time.monotonic() - start < 5 and list(tmp_path.iterdir()) == []
 
 
@@ -290,7 +291,8 @@ def test_each_data_set_downloads_into_its_own_folder(tmp_path, monkeypatch, name
     (tmp_path / "not-a-folder").write_text("")
     monkeypatch.setenv("FASTLENET_DATA", str(tmp_path / "not-a-folder"))  # its <name> subfolder cannot be made
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("FASTLENET_MIRRORS", f"http://127.0.0.1:9/,http://127.0.0.1:{server.server_address[1]}/{{dataset}}/")
+    port = server.server_address[1]
+    monkeypatch.setenv("FASTLENET_MIRRORS", f"http://127.0.0.1:9/,http://127.0.0.1:{port}/{{dataset}}/")
     try:
         got = data.load_mnist(test_only=True, dataset=name)
     finally:
