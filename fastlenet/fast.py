@@ -5,6 +5,8 @@ Same classes, signatures and results as `fastlenet.reference`; swap the import
 and a model trains unchanged, only faster.
 """
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -317,10 +319,20 @@ class Flatten(core.Flatten):
 class Linear(LinearSpec):
     """GEMMs through BLAS, except after a batch-innermost input (a large batch's
     pool output, flattened, and so every Linear after it). Its transpose x.T is
-    then IN rows of N positions, and y.T = W x.T + b is a 1x1 convolution of
-    them: the direct register-blocked kernels compute it and the input gradient
-    on both cores, where BLAS runs on one. The output and the input gradient come out batch-innermost too; the weight
-    gradient stays one GEMM."""
+    then IN rows of N positions, and each product of the layer is a 1x1
+    convolution, `rows_product`, on both cores where BLAS runs on one:
+
+        forward        y.T (OUT, N) = W (OUT, IN)   x.T (IN, N)  + b
+        input grad    dx.T (IN, N)  = W.T (IN, OUT) dy.T (OUT, N)
+        weight grad   dW (OUT, IN)  = dy.T (OUT, N) x (N, IN)
+
+    The output and the input gradient come out batch-innermost too. The weight
+    gradient needs x in C order, one transposing copy: it pays from
+    DIRECT_WEIGHT_GRAD multiply-adds (F5 and F6 at batch 256), below which one
+    GEMM is faster. The choice depends on the shapes alone, so the weights do
+    not depend on the thread count."""
+
+    DIRECT_WEIGHT_GRAD = 1 << 21
 
     @engine_pass
     def forward(self, x):
@@ -330,27 +342,44 @@ class Linear(LinearSpec):
             y = x @ self.weight.value.T
             y += self.bias.value
             return y
-        n = x.shape[0]
-        y_rows = aligned_empty((self.out_features, n), x.dtype)
-        conv_forward(x.T.reshape(self.in_features, 1, n), self._as_1x1(), self.bias.value, *interleaved_steps(n),
-                     y_rows.reshape(self.out_features, 1, n))
+        y_rows = aligned_empty((self.out_features, x.shape[0]), x.dtype)
+        rows_product(self.weight.value, x.T, self.bias.value, y_rows)
         return y_rows.T  # (OUT, N) -> (N, OUT) view
 
     @engine_pass
     def backward(self, dy):
         self._check_grad(dy)
-        np.matmul(dy.T, self._x, out=self.weight.grad)
         dy.sum(axis=0, out=self.bias.grad)
-        if not self.input_grad:
-            return None
         if order(self._x) != BATCH_INNERMOST:
-            return dy @ self.weight.value
+            np.matmul(dy.T, self._x, out=self.weight.grad)
+            return dy @ self.weight.value if self.input_grad else None
         n = dy.shape[0]
         dy_rows = np.ascontiguousarray(dy.T)  # (N, OUT) -> (OUT, N): free when dy lies batch-innermost
+        if n * self.in_features * self.out_features >= self.DIRECT_WEIGHT_GRAD and self.weight.grad.flags.c_contiguous:
+            rows_product(dy_rows, transposed(self._x.T), np.zeros(self.out_features, dy.dtype), self.weight.grad)
+        else:
+            np.matmul(dy_rows, self._x, out=self.weight.grad)
+        if not self.input_grad:
+            return None
         dx_rows = aligned_empty((self.in_features, n), dy.dtype)
-        conv_input_grad(dy_rows.reshape(self.out_features, 1, n), self._as_1x1(), *interleaved_steps(n),
-                        dx_rows.reshape(self.in_features, 1, n))
+        rows_product(np.ascontiguousarray(self.weight.value.T), dy_rows, np.zeros(self.in_features, dy.dtype),
+                     dx_rows)
         return dx_rows.T  # (IN, N) -> (N, IN) view: Flatten hands it on without a copy
 
-    def _as_1x1(self):
-        return self.weight.value.reshape(self.out_features, self.in_features, 1, 1)  # (OUT, IN) as 1x1 filters
+
+def rows_product(w, rows, bias, out):
+    """out (F, L) = w (F, K) @ rows (K, L) + bias[:, None], all C-contiguous, as the
+    direct forward convolution of K one-row channels by F 1x1 filters."""
+    (f, k), length = w.shape, rows.shape[1]
+    conv_forward(rows.reshape(k, 1, length), w.reshape(f, k, 1, 1), bias, *interleaved_steps(length),
+                 out.reshape(f, 1, length))
+
+
+def transposed(a):
+    """a (R, C), C-contiguous -> a.T as a C-contiguous (C, R) copy, by the interleave
+    kernel on a's columns split into up to 16 rows of tasks."""
+    r, c = a.shape
+    tasks = math.gcd(c, 16)
+    out = aligned_empty((c, r), a.dtype)
+    interleave(a.reshape(r, 1, tasks, c // tasks), out.reshape(1, tasks, c // tasks, r))  # (R, C) -> (C, R)
+    return out

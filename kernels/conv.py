@@ -21,11 +21,12 @@ Wasted positions are computed and discarded (forward) or hold zeros
 (backward).
 
 The forward and the input gradient are register-blocked (fastlenet.kernels.simd):
-a block is six filters (or six input channels) at 2 x lanes consecutive
-positions, twelve vectors of sums that stay in registers while every tap that
-reaches them is added; each tap loads two input vectors and six weights for
-twelve multiply-adds. LLVM's own vectorisation of a long loop keeps the sums
-in memory instead, loading and storing them on every tap.
+a block is ROWS filters (or input channels) at BLOCK_VECTORS x lanes consecutive
+positions, ROWS x BLOCK_VECTORS vectors of sums that stay in registers while
+every tap that reaches them is added; each tap loads BLOCK_VECTORS input vectors
+and ROWS weights for ROWS x BLOCK_VECTORS multiply-adds (6 x 2 with 16 vector
+registers, 6 x 4 with AVX-512's 32). LLVM's own vectorisation of a long loop
+keeps the sums in memory instead, loading and storing them on every tap.
 A row's last block ends on the row's last position and overlaps the block
 before it, which the same task computed: the same sums, the same bits.
 
@@ -39,14 +40,16 @@ import numpy as np
 from numba import njit, prange
 
 from .jit import kernel
-from .simd import fma, lanes, load, splat, store
+from .simd import BLOCK_VECTORS, lanes, loads, outer_fma, row_splats, rows_from, store_rows
 
 SEGMENT = 4096  # positions per task: a task's rows stay in cache (tuned on LeNet's shapes)
 # dy is copied into rows this many elements longer: at batch 256 its rows are
 # 10 KB apart and its filters 100 KB (multiples of 4 KB), so the 400 lines a
 # C3 input-gradient block reads fall into a few L1 sets and evict each other
 PAD = 16
-RUN = 8  # blocks per forward or input-gradient task (2 x lanes positions each)
+RUN = 16  # vectors of positions per forward or input-gradient task: 8 blocks of 2, 4 of 4
+ROWS = 6  # filters (forward) or input channels (input gradient) per register block
+NARROW = 2  # vectors per block in rows too short for BLOCK_VECTORS (simd.py)
 TASKS = 8  # at least this many tasks where a kernel can, so that two cores share the work evenly
 
 # Reassociation lets LLVM vectorise the dot products; the order is still fixed
@@ -123,10 +126,11 @@ def tap(t, kh, kw, row_step, pos_step, col_step):
 
 
 @njit(inline="always")
-def blocks_per_run(rows, n, width):
-    """RUN blocks of `width` per task, fewer when that would leave fewer than
-    TASKS tasks for the two cores (a Linear's single row of N positions)."""
-    return max(1, min(RUN, rows * (n // width) // TASKS))
+def blocks_per_run(rows, n, vectors, width):
+    """Blocks of `vectors` vectors (`width` positions) per task: RUN vectors' worth,
+    fewer when that would leave fewer than TASKS tasks for the two cores (a
+    Linear's single row of N positions)."""
+    return max(1, min(RUN // vectors, rows * (n // width) // TASKS))
 
 
 @njit(inline="always")
@@ -148,54 +152,30 @@ def run_blocks(run, n, width, per_run):
 
 
 @njit(inline="always")
-def six_from(first, count):
-    """first ... first + 5, those past the last of `count` repeating the last."""
-    last = count - 1
-    return first, min(first + 1, last), min(first + 2, last), min(first + 3, last), min(first + 4, last), \
-        min(first + 5, last)
-
-
-@njit(inline="always")
-def add_six(w0, w1, w2, w3, w4, w5, u, v, sums):
-    """sums + (w0 u, w0 v, w1 u, w1 v, ..., w5 v): six weights times two vectors,
-    twelve multiply-adds into the twelve sums (a tuple; it stays in registers)."""
-    a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5 = sums
-    return (fma(w0, u, a0), fma(w0, v, b0), fma(w1, u, a1), fma(w1, v, b1), fma(w2, u, a2), fma(w2, v, b2),
-            fma(w3, u, a3), fma(w3, v, b3), fma(w4, u, a4), fma(w4, v, b4), fma(w5, u, a5), fma(w5, v, b5))
-
-
-@njit(inline="always")
-def store_six(out, i0, i1, i2, i3, i4, i5, sums):
-    """Each pair of vectors of sums into out at i0 ... i5, one after the other."""
-    a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5 = sums
-    n = lanes(out)
-    store(out, i0, a0), store(out, i0 + n, b0)
-    store(out, i1, a1), store(out, i1 + n, b1)
-    store(out, i2, a2), store(out, i2 + n, b2)
-    store(out, i3, a3), store(out, i3 + n, b3)
-    store(out, i4, a4), store(out, i4 + n, b4)
-    store(out, i5, a5), store(out, i5 + n, b5)
-
-
-@njit(inline="always")
-def six_filters(xf, wt, bias, offset, base, fo, f, out, q):
-    """out[fo:fo+6, q:q + 2*lanes] = bias + every tap, out: (F, plane) flat;
-    x's block at xf[base:], tap t at offset[t] from it. Twelve vectors of sums
-    held in registers while all taps are added, each tap one load of two x
-    vectors and six weights for twelve multiply-adds. Filters past the last
-    repeat it (the same sums, written twice)."""
-    f0, f1, f2, f3, f4, f5 = six_from(fo, f)
-    n = lanes(xf)
-    sums = (splat(bias[f0], xf), splat(bias[f0], xf), splat(bias[f1], xf), splat(bias[f1], xf),
-            splat(bias[f2], xf), splat(bias[f2], xf), splat(bias[f3], xf), splat(bias[f3], xf),
-            splat(bias[f4], xf), splat(bias[f4], xf), splat(bias[f5], xf), splat(bias[f5], xf))
+def filter_block(xf, wt, bias, offset, base, fo, out, q, vectors):
+    """out[fo:fo + ROWS, q:q + vectors x lanes] = bias + every tap, out: (F, plane)
+    flat; x's block at xf[base:], tap t at offset[t] from it. The sums stay in
+    registers while all taps are added, each tap one load of the x vectors and
+    one weight per filter. Filters past the last repeat it (the same sums,
+    written twice)."""
+    f = wt.shape[0]
+    filters = rows_from(fo, f - 1, ROWS)
+    sums = row_splats(bias, filters, vectors)
     for t in range(offset.shape[0]):
-        o = base + offset[t]
-        sums = add_six(wt[f0, t], wt[f1, t], wt[f2, t], wt[f3, t], wt[f4, t], wt[f5, t],
-                       load(xf, o), load(xf, o + n), sums)
-    plane = out.shape[0] // f
-    store_six(out, f0 * plane + q, f1 * plane + q, f2 * plane + q, f3 * plane + q, f4 * plane + q, f5 * plane + q,
-              sums)
+        sums = outer_fma(wt, filters, t, loads(xf, base + offset[t], vectors), sums)
+    store_rows(out, filters, out.shape[0] // f, q, sums)
+
+
+@njit(inline="always")
+def forward_run(task, runs, per_run, xf, wt, bias, offset, length, n, yf, out_length, vectors):
+    """Task `task` of conv_forward: its run of blocks of `vectors` x lanes positions of one output row."""
+    i, run = task // runs, task % runs
+    width = vectors * lanes(xf)
+    first, last = run_blocks(run, n, width, per_run)
+    for k in range(first, last):
+        q = min(k * width, n - width)
+        for fo in range(0, wt.shape[0], ROWS):
+            filter_block(xf, wt, bias, offset, i * length + q, fo, yf, i * out_length + q, vectors)
 
 
 @kernel(parallel=True)
@@ -204,9 +184,10 @@ def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
     out: (F, R', L') with L' >= L - reach, overwritten up to the last window
     that fits in a row. All three contiguous.
 
-    Register-blocked (`six_filters`): a task owns a run of blocks of one
+    Register-blocked (`filter_block`): a task owns a run of blocks of one
     output row and does every filter on each block while its inputs are in
-    cache; rows shorter than a block go position by position.
+    cache. Rows too short for BLOCK_VECTORS vectors take blocks of two, and
+    rows shorter than that go position by position.
     """
     c, rows, length = x.shape
     f, _, kh, kw = w.shape
@@ -218,25 +199,25 @@ def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
     for t in range(taps):
         ch, r, s = tap(t, kh, kw, row_step, pos_step, col_step)
         offset[t] = (ch * rows + r) * length + s
-    width = 2 * lanes(x)
-    if n < width:
-        for task in prange(out.shape[1] * f):
+    out_rows, out_length = out.shape[1], out.shape[2]
+    if n >= BLOCK_VECTORS * lanes(x):
+        per_run = blocks_per_run(out_rows, n, BLOCK_VECTORS, BLOCK_VECTORS * lanes(x))
+        runs = run_count(n, BLOCK_VECTORS * lanes(x), per_run)
+        for task in prange(out_rows * runs):
+            forward_run(task, runs, per_run, xf, wt, bias, offset, length, n, yf, out_length, BLOCK_VECTORS)
+    elif n >= NARROW * lanes(x):
+        per_run = blocks_per_run(out_rows, n, NARROW, NARROW * lanes(x))
+        runs = run_count(n, NARROW * lanes(x), per_run)
+        for task in prange(out_rows * runs):
+            forward_run(task, runs, per_run, xf, wt, bias, offset, length, n, yf, out_length, NARROW)
+    else:
+        for task in prange(out_rows * f):
             i, fo = task // f, task % f
             for p in range(n):
                 total = bias[fo]
                 for t in range(taps):
                     total += wt[fo, t] * xf[i * length + p + offset[t]]
                 out[fo, i, p] = total
-        return
-    per_run = blocks_per_run(out.shape[1], n, width)
-    runs = run_count(n, width, per_run)
-    for task in prange(out.shape[1] * runs):
-        i, run = task // runs, task % runs
-        first, last = run_blocks(run, n, width, per_run)
-        for k in range(first, last):
-            q = min(k * width, n - width)
-            for fo in range(0, f, 6):
-                six_filters(xf, wt, bias, offset, i * length + q, fo, f, yf, i * out.shape[2] + q)
 
 
 @kernel(parallel=True, fastmath=REDUCE)
@@ -304,33 +285,43 @@ def conv_weight_grad(x, dy, row_step, pos_step, col_step, dw, bias_grad):
 
 
 @njit(inline="always")
-def six_channels(dyf, wc, dy_rows, stride, edge, valid, r, q, co, row_step, pos_step, col_step, dxf, out):
-    """dxf[co:co+6, out:out + 2*lanes] = every (filter, a, b) that reaches input
-    positions [q, q + 2*lanes) of row r. dxf: (C, plane) flat; wc: (C, KH, KW, F);
+def channel_block(dyf, wc, zeros, shape, dy_rows, stride, edge, valid, r, q, co, steps, dxf, out, vectors):
+    """dxf[co:co + ROWS, out:out + vectors x lanes] = every (filter, a, b) that
+    reaches input positions [q, q + vectors x lanes) of row r. dxf: (C, plane)
+    flat; wc: (C, KH*KW*F), the weights filters innermost; zeros: (C,); shape: (KH, KW, F);
     dyf: dy's rows as (R', F, stride) flat, position p at edge + p, zeros
-    before and after. Six channels' sums in twelve registers, each filter
-    one load of two dy vectors and six weights for twelve multiply-adds.
-    Channels past the last repeat it."""
-    c, kh, kw, f = wc.shape
-    c0, c1, c2, c3, c4, c5 = six_from(co, c)
-    n = lanes(dyf)
-    zero = splat(0, dyf)
-    sums = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
+    before and after. The sums stay in registers, each filter one load of the
+    dy vectors and one weight per channel. Channels past the last repeat it."""
+    (kh, kw, f), (row_step, pos_step, col_step) = shape, steps
+    c = wc.shape[0]
+    channels = rows_from(co, c - 1, ROWS)
+    sums = row_splats(zeros, channels, vectors)
     for a in range(kh):
         i = r - a * row_step
         if i < 0 or i >= dy_rows:
             continue
         for b in range(kw):
             lo = q - a * pos_step - b * col_step
-            if lo >= valid or lo + 2 * n <= 0:  # no output there
+            if lo >= valid or lo + vectors * lanes(dyf) <= 0:  # no output there
                 continue
             for fo in range(f):
-                o = (i * f + fo) * stride + edge + lo
-                sums = add_six(wc[c0, a, b, fo], wc[c1, a, b, fo], wc[c2, a, b, fo], wc[c3, a, b, fo],
-                               wc[c4, a, b, fo], wc[c5, a, b, fo], load(dyf, o), load(dyf, o + n), sums)
-    plane = dxf.shape[0] // c
-    store_six(dxf, c0 * plane + out, c1 * plane + out, c2 * plane + out, c3 * plane + out, c4 * plane + out,
-              c5 * plane + out, sums)
+                sums = outer_fma(wc, channels, (a * kw + b) * f + fo,
+                                 loads(dyf, (i * f + fo) * stride + edge + lo, vectors), sums)
+    store_rows(dxf, channels, dxf.shape[0] // c, out, sums)
+
+
+@njit(inline="always")
+def input_grad_run(task, runs, per_run, dyf, wc, zeros, shape, dy_rows, stride, edge, valid, length, steps, dxf,
+                   vectors):
+    """Task `task` of conv_input_grad: its run of blocks of `vectors` x lanes positions of one input row."""
+    r, run = task // runs, task % runs
+    width = vectors * lanes(dxf)
+    first, last = run_blocks(run, length, width, per_run)
+    for k in range(first, last):
+        q = min(k * width, length - width)
+        for co in range(0, wc.shape[0], ROWS):
+            channel_block(dyf, wc, zeros, shape, dy_rows, stride, edge, valid, r, q, co, steps, dxf, r * length + q,
+                          vectors)
 
 
 @njit(inline="always")
@@ -355,13 +346,14 @@ def gather_row(dyf, wc, dy_rows, stride, edge, valid, r, length, row_step, pos_s
 @njit
 def filters_innermost(w):
     """(F, C, KH, KW) -> a (C, KH, KW, F) copy. By loops: np.ascontiguousarray of the
-    transposed view does the same and takes seconds longer to compile."""
+    transposed view does the same and takes seconds longer to compile. The copy
+    writes in order and reads across: writing across (F5's 400 x 120) cost 6x more."""
     f, c, kh, kw = w.shape
     wc = np.empty((c, kh, kw, f), w.dtype)
-    for fo in range(f):
-        for ch in range(c):
-            for a in range(kh):
-                for b in range(kw):
+    for ch in range(c):
+        for a in range(kh):
+            for b in range(kw):
+                for fo in range(f):
                     wc[ch, a, b, fo] = w[fo, ch, a, b]
     return wc
 
@@ -398,18 +390,20 @@ def conv_input_grad(dy, w, row_step, pos_step, col_step, dx):
             row[edge + p] = dy[fo, i, p]
         row[edge + valid:] = 0
     dyf, dxf = padded.reshape(-1), dx.reshape(-1)
-    width = 2 * lanes(dx)
-    if length < width:
+    wc2, zeros = wc.reshape(c, kh * kw * f), np.zeros(c, dx.dtype)
+    shape, steps = (kh, kw, f), (row_step, pos_step, col_step)
+    if length >= BLOCK_VECTORS * lanes(dx):
+        per_run = blocks_per_run(rows, length, BLOCK_VECTORS, BLOCK_VECTORS * lanes(dx))
+        runs = run_count(length, BLOCK_VECTORS * lanes(dx), per_run)
+        for task in prange(rows * runs):
+            input_grad_run(task, runs, per_run, dyf, wc2, zeros, shape, dy_rows, stride, edge, valid, length, steps,
+                           dxf, BLOCK_VECTORS)
+    elif length >= NARROW * lanes(dx):
+        per_run = blocks_per_run(rows, length, NARROW, NARROW * lanes(dx))
+        runs = run_count(length, NARROW * lanes(dx), per_run)
+        for task in prange(rows * runs):
+            input_grad_run(task, runs, per_run, dyf, wc2, zeros, shape, dy_rows, stride, edge, valid, length, steps,
+                           dxf, NARROW)
+    else:
         for r in prange(rows):
             gather_row(dyf, wc, dy_rows, stride, edge, valid, r, length, row_step, pos_step, col_step, dxf)
-        return
-    per_run = blocks_per_run(rows, length, width)
-    runs = run_count(length, width, per_run)
-    for task in prange(rows * runs):
-        r, run = task // runs, task % runs
-        first, last = run_blocks(run, length, width, per_run)
-        for k in range(first, last):
-            q = min(k * width, length - width)
-            for co in range(0, c, 6):
-                six_channels(dyf, wc, dy_rows, stride, edge, valid, r, q, co, row_step, pos_step, col_step, dxf,
-                             r * length + q)

@@ -1,4 +1,4 @@
-"""Register-sized vectors for Numba kernels: load, multiply-add, store.
+"""Register-sized vectors for Numba kernels, in blocks: load, multiply-add, store.
 
 LLVM vectorises long unit-stride loops on its own, but it keeps a loop's
 running sums in memory: every multiply-add loads and stores its output. A
@@ -12,7 +12,8 @@ LLVM splits a vector wider than its registers). The kernels' on-disk cache is
 kept apart per width (jit.py).
 
 Each operation is also a plain NumPy function, so a kernel runs unchanged as
-Python under NUMBA_DISABLE_JIT or through `.py_func`.
+Python under NUMBA_DISABLE_JIT or through `.py_func`. The block's size (rows x
+vectors) is a constant of the calling kernel: a tuple's length is its type.
 """
 
 import os
@@ -68,24 +69,47 @@ def lanes(a):
     return BYTES // a.dtype.itemsize
 
 
-def load(a, i):
-    """a[i : i + lanes] as one vector; a is 1-D and contiguous."""
-    return a[i:i + lanes(a)].copy()
+# Vectors of consecutive positions per register block (conv.py): a block of 6
+# rows holds 6 x this many sums, plus this many input vectors and one broadcast
+# weight, in registers. 16 registers (AVX2, SSE) take 6 x 2 + 2 + 1; AVX-512's
+# 32 take 6 x 4 + 4 + 1, which loads fewer vectors per multiply-add.
+BLOCK_VECTORS = 4 if BYTES == 64 else 2
 
 
-def store(a, i, v):
-    """a[i : i + lanes] = v."""
-    a[i:i + v.shape[0]] = v
+# A register block's vectors are tuples: the sums of ROWS rows (filters or
+# channels) at `count` vectors of positions each, row after row. Each operation
+# is a loop here, in NumPy, and compiled, an intrinsic that emits its unrolled
+# code for the tuple's length: Numba then types one call per operation, where
+# inlining one call per vector kept a kernel compiling several times as long.
+
+def rows_from(first, last, count):
+    """(first, first + 1, ..., first + count - 1), those past `last` repeating it."""
+    return tuple(min(first + k, last) for k in range(count))
 
 
-def splat(s, like):
-    """A vector of s, in the dtype of the array `like`."""
-    return np.full(lanes(like), s, like.dtype)
+def loads(a, i, count):
+    """`count` vectors of a (1-D, contiguous), one after another from a[i]."""
+    n = lanes(a)
+    return tuple(a[i + k * n:i + (k + 1) * n].copy() for k in range(count))
 
 
-def fma(s, x, acc):
-    """acc + s * x for a scalar s and vectors x, acc."""
-    return acc + acc.dtype.type(s) * x
+def row_splats(a, rows, count):
+    """`count` vectors of a[r] for each r of rows: a block's sums starting at a bias."""
+    return tuple(np.full(lanes(a), a[r], a.dtype) for r in rows for _ in range(count))
+
+
+def outer_fma(w, rows, t, u, sums):
+    """sums + the outer product of w[rows, t] (w 2-D) and the vectors u, row by row:
+    sums[k * len(u) + v] + w[rows[k], t] * u[v], fused where the CPU has FMA."""
+    return tuple(sums[k] + sums[k].dtype.type(w[rows[k // len(u)], t]) * u[k % len(u)] for k in range(len(sums)))
+
+
+def store_rows(out, rows, plane, q, sums):
+    """Row k's vectors of sums into out (1-D), one after another from rows[k] * plane + q."""
+    per_row, n = len(sums) // len(rows), lanes(out)
+    for k in range(len(sums)):
+        start = rows[k // per_row] * plane + q + (k % per_row) * n
+        out[start:start + n] = sums[k]
 
 
 class Vector(types.Type):
@@ -116,70 +140,137 @@ def _broadcast(builder, scalar, vector):
     return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), vector.count), [0] * vector.count))
 
 
-@intrinsic
-def _load(typingctx, a, i):
-    _check_row(a)
-    vt = Vector(a.dtype)
-
-    def codegen(context, builder, sig, args):
-        ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], context.get_value_type(vt))
-        return builder.load(ptr, align=a.dtype.bitwidth // 8)  # element-aligned: no alignment assumed
-    return vt(a, i), codegen
-
-
-@intrinsic
-def _store(typingctx, a, i, v):
-    _check_row(a)
-
-    def codegen(context, builder, sig, args):
-        ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], args[2].type)
-        builder.store(args[2], ptr, align=a.dtype.bitwidth // 8)
-    return types.none(a, i, v), codegen
-
-
-@intrinsic
-def _splat(typingctx, s, like):
-    vt = Vector(like.dtype)
-
-    def codegen(context, builder, sig, args):
-        scalar = context.cast(builder, args[0], sig.args[0], vt.dtype)
-        return _broadcast(builder, scalar, context.get_value_type(vt))
-    return vt(s, like), codegen
-
-
-@intrinsic
-def _fma(typingctx, s, x, acc):
-    def codegen(context, builder, sig, args):
-        vector = context.get_value_type(acc)
-        scalar = context.cast(builder, args[0], sig.args[0], acc.dtype)
-        # llvm.fmuladd: fused where the CPU has FMA, the same on every call
-        name = f"llvm.fmuladd.v{acc.lanes}f{acc.dtype.bitwidth}"
-        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), name)
-        return builder.call(fmuladd, [_broadcast(builder, scalar, vector), args[1], args[2]])
-    return acc(s, x, acc), codegen
-
-
 @overload(lanes, inline="always")
 def _lanes(a):
     n = BYTES // (a.dtype.bitwidth // 8)
     return lambda a: n
 
 
-@overload(load, inline="always")
-def _jit_load(a, i):
-    return lambda a, i: _load(a, i)
+def _literal(count):
+    if not isinstance(count, types.IntegerLiteral):
+        raise TypingError("a register block's size must be a constant")
+    return count.literal_value
 
 
-@overload(store, inline="always")
-def _jit_store(a, i, v):
-    return lambda a, i, v: _store(a, i, v)
+def _index(context, builder, value, typ):
+    return context.cast(builder, value, typ, types.intp)
 
 
-@overload(splat, inline="always")
-def _jit_splat(s, like):
-    return lambda s, like: _splat(s, like)
+def _tuple(context, builder, typ, values):
+    return context.make_tuple(builder, typ, values)
 
 
-@overload(fma, inline="always")
-def _jit_fma(s, x, acc):
-    return lambda s, x, acc: _fma(s, x, acc)
+def _fmuladd(context, builder, vt):
+    """llvm.fmuladd on Vector type vt: fused where the CPU has FMA, the same on every call."""
+    vector = context.get_value_type(vt)
+    name = f"llvm.fmuladd.v{vt.lanes}f{vt.dtype.bitwidth}"
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), name)
+
+
+# The tuple operations generate their unrolled code directly: Numba then types
+# one call per block operation instead of inlining one per vector, which kept a
+# kernel compiling for several times as long.
+
+@intrinsic(prefer_literal=True)
+def _rows_from(typingctx, first, last, count):
+    result = types.UniTuple(types.intp, _literal(count))
+
+    def codegen(context, builder, sig, args):
+        start, end = _index(context, builder, args[0], first), _index(context, builder, args[1], last)
+        rows = [builder.add(start, context.get_constant(types.intp, k)) for k in range(result.count)]
+        return _tuple(context, builder, result, [builder.select(builder.icmp_signed("<", r, end), r, end) for r in rows])
+    return result(first, last, count), codegen
+
+
+@intrinsic(prefer_literal=True)
+def _loads(typingctx, a, i, count):
+    _check_row(a)
+    vt = Vector(a.dtype)
+    result = types.UniTuple(vt, _literal(count))
+
+    def codegen(context, builder, sig, args):
+        vector, start = context.get_value_type(vt), _index(context, builder, args[1], sig.args[1])
+        values = [builder.load(_vector_pointer(context, builder, sig.args[0], args[0],
+                                               builder.add(start, context.get_constant(types.intp, k * vt.lanes)),
+                                               vector), align=a.dtype.bitwidth // 8)
+                  for k in range(result.count)]
+        return _tuple(context, builder, result, values)
+    return result(a, i, count), codegen
+
+
+@intrinsic(prefer_literal=True)
+def _row_splats(typingctx, a, rows, count):
+    _check_row(a)
+    vt = Vector(a.dtype)
+    result = types.UniTuple(vt, len(rows) * _literal(count))
+
+    def codegen(context, builder, sig, args):
+        array, vector = context.make_array(sig.args[0])(context, builder, args[0]), context.get_value_type(vt)
+        values = []
+        for k in range(len(rows)):
+            row = _index(context, builder, builder.extract_value(args[1], k), rows[k])
+            scalar = builder.load(cgutils.get_item_pointer(context, builder, sig.args[0], array, [row]))
+            values += [_broadcast(builder, scalar, vector)] * (result.count // len(rows))
+        return _tuple(context, builder, result, values)
+    return result(a, rows, count), codegen
+
+
+@intrinsic
+def _outer_fma(typingctx, w, rows, t, u, sums):
+    if not (isinstance(w, types.Array) and w.ndim == 2 and w.layout == "C"):
+        raise TypingError(f"outer_fma takes its weights from a contiguous 2-D array, got {w}")
+
+    def codegen(context, builder, sig, args):
+        array, vector = context.make_array(w)(context, builder, args[0]), context.get_value_type(u.dtype)
+        fmuladd, column = _fmuladd(context, builder, u.dtype), _index(context, builder, args[2], t)
+        values = []
+        for k in range(len(rows)):
+            row = _index(context, builder, builder.extract_value(args[1], k), rows[k])
+            scalar = builder.load(cgutils.get_item_pointer(context, builder, w, array, [row, column]))
+            weight = _broadcast(builder, context.cast(builder, scalar, w.dtype, u.dtype.dtype), vector)
+            values += [builder.call(fmuladd, [weight, builder.extract_value(args[3], v),
+                                              builder.extract_value(args[4], k * len(u) + v)]) for v in range(len(u))]
+        return _tuple(context, builder, sums, values)
+    return sums(w, rows, t, u, sums), codegen
+
+
+@intrinsic
+def _store_rows(typingctx, out, rows, plane, q, sums):
+    _check_row(out)
+
+    def codegen(context, builder, sig, args):
+        vector, per_row = context.get_value_type(sums.dtype), len(sums) // len(rows)
+        start, stride = _index(context, builder, args[3], q), _index(context, builder, args[2], plane)
+        for k in range(len(sums)):
+            row = _index(context, builder, builder.extract_value(args[1], k // per_row), rows[k // per_row])
+            index = builder.add(builder.add(builder.mul(row, stride), start),
+                                context.get_constant(types.intp, (k % per_row) * sums.dtype.lanes))
+            builder.store(builder.extract_value(args[4], k),
+                          _vector_pointer(context, builder, out, args[0], index, vector), align=out.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(out, rows, plane, q, sums), codegen
+
+
+@overload(rows_from, inline="always", prefer_literal=True)
+def _jit_rows_from(first, last, count):
+    return lambda first, last, count: _rows_from(first, last, count)
+
+
+@overload(loads, inline="always", prefer_literal=True)
+def _jit_loads(a, i, count):
+    return lambda a, i, count: _loads(a, i, count)
+
+
+@overload(row_splats, inline="always", prefer_literal=True)
+def _jit_row_splats(a, rows, count):
+    return lambda a, rows, count: _row_splats(a, rows, count)
+
+
+@overload(outer_fma, inline="always")
+def _jit_outer_fma(w, rows, t, u, sums):
+    return lambda w, rows, t, u, sums: _outer_fma(w, rows, t, u, sums)
+
+
+@overload(store_rows, inline="always")
+def _jit_store_rows(out, rows, plane, q, sums):
+    return lambda out, rows, plane, q, sums: _store_rows(out, rows, plane, q, sums)

@@ -10,7 +10,7 @@ from numba.core.errors import TypingError
 
 from fastlenet import kernels
 from fastlenet.kernels import simd
-from fastlenet.kernels.simd import fma, lanes, load, splat, store
+from fastlenet.kernels.simd import lanes, loads, outer_fma, row_splats, rows_from, store_rows
 from fastlenet.kernels import (col2im, gather_windows, interleave, maxpool2x2_backward_interleaved,
                                maxpool2x2_forward, maxpool2x2_forward_interleaved, maxpool_backward, maxpool_forward,
                                softmax_cross_entropy, window_max, window_scatter)
@@ -147,32 +147,36 @@ def test_softmax_cross_entropy_is_the_log_sum_exp_formula(kernel, dtype):
 
 
 @njit
-def _blocked_axpy(s, x, y, out):
-    """y[:lanes] = s * x[1:1 + lanes] + y[:lanes] and out[2:2 + lanes] = s, through the vector helpers."""
-    store(y, 0, fma(s, load(x, 1), load(y, 0)))
-    store(out, 2, splat(s, x))
+def _block(w, bias, x, out):
+    """A block of rows (1, 2, 2) (the last repeated) at two vectors from x[1]:
+    bias + w[row, 3] * x, stored at row * plane + 1."""
+    rows = rows_from(1, 2, 3)
+    sums = outer_fma(w, rows, 3, loads(x, 1, 2), row_splats(bias, rows, 2))
+    store_rows(out, rows, 2 * lanes(x) + 1, 1, sums)
 
 
-@pytest.mark.parametrize("kernel", compiled_and_python(_blocked_axpy))
+@pytest.mark.parametrize("kernel", compiled_and_python(_block))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_vectors_load_multiply_add_and_store_a_register_of_elements(kernel, dtype):
+def test_a_register_block_loads_multiplies_adds_and_stores_its_rows(kernel, dtype):
     rng = np.random.default_rng(0)
-    x, y = rng.standard_normal(20).astype(dtype), rng.standard_normal(20).astype(dtype)
-    n = lanes(x)
-    assert n == simd.BYTES // x.itemsize
-    expected = y.copy()
-    expected[:n] = dtype(1.5) * x[1:1 + n] + y[:n]
-    out = np.zeros(20, dtype)
-    kernel(1.5, x, y, out)
-    np.testing.assert_allclose(y, expected, rtol=1e-6)  # fused or not, within rounding
-    np.testing.assert_array_equal(y[n:], expected[n:])  # nothing past the vector is touched
-    np.testing.assert_array_equal(out, np.r_[0, 0, np.full(n, 1.5), np.zeros(18 - n)].astype(dtype))
+    n = lanes(np.zeros(1, dtype))
+    assert n == simd.BYTES // np.dtype(dtype).itemsize
+    w, bias = rng.standard_normal((3, 4)).astype(dtype), rng.standard_normal(3).astype(dtype)
+    x, plane = rng.standard_normal(2 * n + 3).astype(dtype), 2 * n + 1
+    out = np.full(3 * plane + 1, np.nan, dtype)
+    kernel(w, bias, x, out)
+    expected = np.full_like(out, np.nan)
+    for row in (1, 2):
+        expected[row * plane + 1:row * plane + 1 + 2 * n] = bias[row] + w[row, 3] * x[1:1 + 2 * n]
+    np.testing.assert_allclose(out, expected, rtol=1e-6)  # fused or not, within rounding; NaN where untouched
+    assert np.isnan(out[:plane + 1]).all()  # row 0 is not in the block
 
 
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="a compile-time check; plain Python has none")
 def test_vectors_refuse_a_strided_array():
+    x = np.zeros(80, np.float32)[::2]
     with pytest.raises(TypingError, match="contiguous 1-D float arrays"):
-        _blocked_axpy(1.0, np.zeros(40, np.float32)[::2], np.zeros(20, np.float32), np.zeros(20, np.float32))
+        _block(np.zeros((3, 4), np.float32), np.zeros(3, np.float32), x, np.zeros(200, np.float32))
 
 
 def _f32(*shape):

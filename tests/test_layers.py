@@ -82,10 +82,13 @@ def test_conv_gradients_reference(case):  # once: the layouts are the fast backe
     conv_gradients(ref, case)
 
 
-def test_linear_gradients_on_a_batch_innermost_input():
-    """The fast Linear's 1x1-convolution path: more than six outputs, rows of 19."""
+@pytest.mark.parametrize("direct_weight_grad", [1 << 40, 0], ids=["gemm-weight-grad", "direct-weight-grad"])
+def test_linear_gradients_on_a_batch_innermost_input(direct_weight_grad):
+    """The fast Linear's 1x1-convolution path: more than six outputs, rows of 19;
+    its weight gradient by one GEMM and, from DIRECT_WEIGHT_GRAD, as a product of rows."""
     rng = np.random.default_rng(10)
     layer = fast.Linear(20, 13, dtype=np.float64, rng=rng)
+    layer.DIRECT_WEIGHT_GRAD = direct_weight_grad
     layer.bias.value[...] = rng.standard_normal(13)
     check_layer_gradients(layer, np.asfortranarray(rng.standard_normal((19, 20))), rng)
 
@@ -257,8 +260,9 @@ def test_relu_linear_fast_matches_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("batch", [7, 37])  # rows shorter and longer than a register block
-def test_linear_after_a_batch_innermost_flatten_returns_its_order(dtype, batch):
+@pytest.mark.parametrize("batch", [7, 37, 48])  # rows shorter and longer than a register block; 48 splits in 16
+@pytest.mark.parametrize("direct_weight_grad", [1 << 40, 0], ids=["gemm-weight-grad", "direct-weight-grad"])
+def test_linear_after_a_batch_innermost_flatten_returns_its_order(dtype, batch, direct_weight_grad):
     """A large batch's pool output, flattened, is (N, IN) with the batch
     innermost; the fast Linear computes it as a 1x1 convolution, its output
     and gradient come back batch-innermost, and Flatten passes the gradient
@@ -267,6 +271,7 @@ def test_linear_after_a_batch_innermost_flatten_returns_its_order(dtype, batch):
     x = batch_innermost_copy(rng.standard_normal((batch, 4, 3, 3)).astype(dtype))
     g = rng.standard_normal((batch, 8)).astype(dtype)
     flatten, quick, slow = fast.Flatten(), fast.Linear(36, 8, dtype=dtype, rng=1), ref.Linear(36, 8, dtype=dtype, rng=1)
+    quick.DIRECT_WEIGHT_GRAD = direct_weight_grad
     quick.bias.value[...] = slow.bias.value[...] = rng.standard_normal(8)
     h = flatten.forward(x)
     y = quick.forward(h)

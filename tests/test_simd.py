@@ -89,7 +89,8 @@ def test_every_width_as_python(width, monkeypatch):
         for case in test_layers.CONV_CASES[:5]:
             for dtype in (np.float32, np.float64):
                 test_layers.test_conv_fast_matches_reference(case, dtype, layout)
-    test_layers.test_linear_gradients_on_a_batch_innermost_input()
+    for direct_weight_grad in (0, 1 << 40):
+        test_layers.test_linear_gradients_on_a_batch_innermost_input(direct_weight_grad)
 
 
 PROBE = """
