@@ -9,7 +9,8 @@ from numba import njit
 from numba.core.errors import TypingError
 
 from fastlenet import kernels
-from fastlenet.kernels import simd
+from fastlenet.kernels import relu, simd
+from fastlenet.kernels.relu import relu_backward, relu_forward
 from fastlenet.kernels.simd import lanes, loads, outer_fma, row_splats, rows_from, store_rows
 from fastlenet.kernels import (col2im, gather_windows, interleave, maxpool2x2_backward_interleaved,
                                maxpool2x2_forward, maxpool2x2_forward_interleaved, maxpool_backward, maxpool_forward,
@@ -225,6 +226,25 @@ def test_every_public_kernel_is_checked_and_a_good_call_goes_through():
     kernels.relu_forward(x, out, mask)
     np.testing.assert_array_equal(out, np.maximum(x, 0))
     np.testing.assert_array_equal(mask, x > 0)
+
+
+@pytest.mark.parametrize("forward", compiled_and_python(relu_forward))
+@pytest.mark.parametrize("backward", compiled_and_python(relu_backward))
+def test_relu_kernels_cut_in_pieces_cover_every_element(forward, backward):
+    """Three pieces and a ragged end, NaN and zeros among them: every element
+    once, as NumPy computes it (NaN-prefilled outputs must be overwritten)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(3 * relu.PIECE + 5).astype(np.float32)
+    x[::997], x[5::1009] = np.nan, 0
+    out, mask = np.full_like(x, np.nan), np.zeros(x.shape, bool)
+    forward(x, out, mask)
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    np.testing.assert_array_equal(mask, x > 0)
+    dy, dx = rng.standard_normal(x.shape).astype(np.float32), np.full_like(x, np.nan)
+    dy[7::1013] = np.inf  # inf * 0 is NaN, as in NumPy's dy * mask
+    backward(dy, mask, dx)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(dx, dy * mask)
 
 
 @pytest.mark.parametrize("kernel", compiled_and_python(kernels.gather_batch))
