@@ -12,9 +12,9 @@ from collections import defaultdict
 import numpy as np
 
 from .benchmark import raw_mnist
-from .data import preprocess
 from .env import hold_freed_memory, set_threads
 from .peak import measured_peak, pass_flops, rates
+from .train import gathered
 from .workloads import train_step, training_setup
 
 
@@ -58,7 +58,7 @@ def profile_training(steps=50, batch_size=256, backend="fast", threads=None, bla
 
     def batch():
         idx = rng.integers(0, len(images), batch_size)
-        return preprocess(images[idx]), labels[idx]  # as the trainer loads a batch
+        return gathered(images, idx, np.float32, False), labels[idx]  # as the trainer loads a batch
 
     def step(recorder=None):
         t0 = time.perf_counter()

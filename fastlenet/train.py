@@ -44,6 +44,15 @@ class TrainingStopped(FastLeNetError):
         self.exit_code = exit_code
 
 
+def gathered(images, idx, dtype, normalize, shifts=None):
+    """uint8 images[idx] as the model takes them: data.preprocess's result, moved by
+    `shifts` as data.shift_images moves it, in one kernel pass."""
+    x = aligned_empty((len(idx), 1, images.shape[1] + 2 * PAD, images.shape[2] + 2 * PAD), dtype)
+    shifts = np.zeros((len(idx), 2), np.int64) if shifts is None else shifts
+    gather_batch(images, idx, shifts, *standardisation(normalize), x)
+    return x
+
+
 class StopFlag:
     """SIGINT/SIGTERM set a flag; the loop stops at the end of the current step."""
 
@@ -125,13 +134,9 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def batch(self, idx, shifts=None):
-        """Training images `idx` as the model takes them (data.preprocess's result, moved
-        by `shifts` as data.shift_images moves it, in one kernel pass) and their labels."""
-        images = self.data.train_images
-        x = aligned_empty((len(idx), 1, images.shape[1] + 2 * PAD, images.shape[2] + 2 * PAD), self.dtype)
-        shifts = np.zeros((len(idx), 2), np.int64) if shifts is None else shifts
-        gather_batch(images, idx, shifts, *standardisation(self.config.normalize), x)
-        return x, self.data.train_labels[idx]
+        """Training images `idx` as the model takes them, and their labels."""
+        return gathered(self.data.train_images, idx, self.dtype, self.config.normalize, shifts), \
+            self.data.train_labels[idx]
 
     def inputs(self, idx, iteration, distorted):
         """This rank's share of global batch `idx` of step `iteration`, distorted if asked:
