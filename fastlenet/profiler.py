@@ -14,8 +14,7 @@ import numpy as np
 from .benchmark import raw_mnist
 from .env import hold_freed_memory, set_threads
 from .peak import measured_peak, pass_flops, rates
-from .train import gathered
-from .workloads import train_step, training_setup
+from .workloads import gathered, train_step, training_setup
 
 
 class Recorder:

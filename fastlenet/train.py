@@ -16,13 +16,11 @@ from .averaging import WeightAverage
 from .compile_ahead import compile_ahead
 from .contention import CoreSharing
 from .augment import distort, distorted_epochs, draws
-from .data import PAD, check_pair, load_mnist, standardisation, validation_split
+from .data import check_pair, load_mnist, validation_split
 from .distributed import GradientExchange, SingleProcess, check_replicas, world
 from .env import environment, set_threads
 from .errors import FastLeNetError, WeightsError
 from .evaluation import CHUNK, predict_proba
-from .kernels.batch import gather_batch
-from .layout import aligned_empty
 from .losses import SoftmaxCrossEntropy
 from .models import LeNet5, forward_backward
 from .optim import make_optimizer
@@ -31,7 +29,7 @@ from .rundir import CHECKPOINT, CHECKPOINT_STATE, RunDir, read_metrics  # noqa: 
 from .schedules import LR_SCHEDULES, learning_rate  # noqa: F401 (old import paths)
 from .settings import SettingsError, TrainConfig, cores, resumed
 from .storage import model_metadata
-from .workloads import median_step_seconds
+from .workloads import gathered, median_step_seconds
 
 ConfigError = SettingsError  # its name before settings.py
 
@@ -42,15 +40,6 @@ class TrainingStopped(FastLeNetError):
     def __init__(self, message, exit_code=1):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def gathered(images, idx, dtype, normalize, shifts=None):
-    """uint8 images[idx] as the model takes them: data.preprocess's result, moved by
-    `shifts` as data.shift_images moves it, in one kernel pass."""
-    x = aligned_empty((len(idx), 1, images.shape[1] + 2 * PAD, images.shape[2] + 2 * PAD), dtype)
-    shifts = np.zeros((len(idx), 2), np.int64) if shifts is None else shifts
-    gather_batch(images, idx, shifts, *standardisation(normalize), x)
-    return x
 
 
 class StopFlag:

@@ -5,7 +5,9 @@ import time
 
 import numpy as np
 
-from .layout import aligned_empty_like
+from .data import PAD, standardisation
+from .kernels.batch import gather_batch
+from .layout import aligned_empty, aligned_empty_like
 from .losses import SoftmaxCrossEntropy
 from .models import LeNet5, forward_backward
 from .optim import Adam
@@ -17,6 +19,16 @@ LAYERS = {"conv2d-c1": "c1", "maxpool2d-s2": "s2", "relu-s2": "relu2", "conv2d-c
 
 # the engine's ladder, slowest first: the reference's loops, the fast backend's im2col rung, its direct rung
 LADDER = ("reference", "im2col", "direct")
+
+
+def gathered(images, idx, dtype, normalize, shifts=None):
+    """uint8 images[idx] as the model takes them, as the trainer loads a batch:
+    data.preprocess's result, moved by `shifts` as data.shift_images moves it, in
+    one kernel pass."""
+    x = aligned_empty((len(idx), 1, images.shape[1] + 2 * PAD, images.shape[2] + 2 * PAD), dtype)
+    shifts = np.zeros((len(idx), 2), np.int64) if shifts is None else shifts
+    gather_batch(images, idx, shifts, *standardisation(normalize), x)
+    return x
 
 
 def lenet(impl, dtype=np.float32, seed=0):

@@ -126,29 +126,26 @@ def tap(t, kh, kw, row_step, pos_step, col_step):
 
 
 @njit(inline="always")
-def blocks_per_run(rows, n, vectors, width):
-    """Blocks of `vectors` vectors (`width` positions) per task: RUN vectors' worth,
-    fewer when that would leave fewer than TASKS tasks for the two cores (a
-    Linear's single row of N positions)."""
-    return max(1, min(RUN // vectors, rows * (n // width) // TASKS))
+def row_runs(rows, n, vectors, width):
+    """(blocks per task, tasks per row) for rows of n >= width positions in blocks of
+    `vectors` vectors (`width` positions): RUN vectors' worth per task, fewer when
+    that would leave fewer than TASKS tasks for the two cores (a Linear's single
+    row of N positions)."""
+    per_run = max(1, min(RUN // vectors, rows * (n // width) // TASKS))
+    return per_run, -(-(n // width) // per_run)
 
 
 @njit(inline="always")
-def run_count(n, width, per_run):
-    """Tasks per row of n >= width positions: runs of per_run whole blocks."""
-    return -(-(n // width) // per_run)
-
-
-@njit(inline="always")
-def run_blocks(run, n, width, per_run):
-    """The blocks [first, last) of a run; block k starts at min(k * width, n - width).
-    The last run also takes the row's end block, when width does not divide n:
-    it overlaps the block before it, so both belong to one task."""
+def task_blocks(task, runs, per_run, n, width):
+    """Task -> (its row, the blocks [first, last) of its run); block k starts at
+    min(k * width, n - width). The last run also takes the row's end block, when
+    width does not divide n: it overlaps the block before it, so both belong to one task."""
+    row, run = task // runs, task % runs
     blocks = n // width
     first, last = run * per_run, min(blocks, (run + 1) * per_run)
     if last == blocks and n % width:
         last += 1
-    return first, last
+    return row, first, last
 
 
 @njit(inline="always")
@@ -169,9 +166,8 @@ def filter_block(xf, wt, bias, offset, base, fo, out, q, vectors):
 @njit(inline="always")
 def forward_run(task, runs, per_run, xf, wt, bias, offset, length, n, yf, out_length, vectors):
     """Task `task` of conv_forward: its run of blocks of `vectors` x lanes positions of one output row."""
-    i, run = task // runs, task % runs
     width = vectors * lanes(xf)
-    first, last = run_blocks(run, n, width, per_run)
+    i, first, last = task_blocks(task, runs, per_run, n, width)
     for k in range(first, last):
         q = min(k * width, n - width)
         for fo in range(0, wt.shape[0], ROWS):
@@ -201,13 +197,11 @@ def conv_forward(x, w, bias, row_step, pos_step, col_step, out):
         offset[t] = (ch * rows + r) * length + s
     out_rows, out_length = out.shape[1], out.shape[2]
     if n >= BLOCK_VECTORS * lanes(x):
-        per_run = blocks_per_run(out_rows, n, BLOCK_VECTORS, BLOCK_VECTORS * lanes(x))
-        runs = run_count(n, BLOCK_VECTORS * lanes(x), per_run)
+        per_run, runs = row_runs(out_rows, n, BLOCK_VECTORS, BLOCK_VECTORS * lanes(x))
         for task in prange(out_rows * runs):
             forward_run(task, runs, per_run, xf, wt, bias, offset, length, n, yf, out_length, BLOCK_VECTORS)
     elif n >= NARROW * lanes(x):
-        per_run = blocks_per_run(out_rows, n, NARROW, NARROW * lanes(x))
-        runs = run_count(n, NARROW * lanes(x), per_run)
+        per_run, runs = row_runs(out_rows, n, NARROW, NARROW * lanes(x))
         for task in prange(out_rows * runs):
             forward_run(task, runs, per_run, xf, wt, bias, offset, length, n, yf, out_length, NARROW)
     else:
@@ -314,9 +308,8 @@ def channel_block(dyf, wc, zeros, shape, dy_rows, stride, edge, valid, r, q, co,
 def input_grad_run(task, runs, per_run, dyf, wc, zeros, shape, dy_rows, stride, edge, valid, length, steps, dxf,
                    vectors):
     """Task `task` of conv_input_grad: its run of blocks of `vectors` x lanes positions of one input row."""
-    r, run = task // runs, task % runs
     width = vectors * lanes(dxf)
-    first, last = run_blocks(run, length, width, per_run)
+    r, first, last = task_blocks(task, runs, per_run, length, width)
     for k in range(first, last):
         q = min(k * width, length - width)
         for co in range(0, wc.shape[0], ROWS):
@@ -393,14 +386,12 @@ def conv_input_grad(dy, w, row_step, pos_step, col_step, dx):
     wc2, zeros = wc.reshape(c, kh * kw * f), np.zeros(c, dx.dtype)
     shape, steps = (kh, kw, f), (row_step, pos_step, col_step)
     if length >= BLOCK_VECTORS * lanes(dx):
-        per_run = blocks_per_run(rows, length, BLOCK_VECTORS, BLOCK_VECTORS * lanes(dx))
-        runs = run_count(length, BLOCK_VECTORS * lanes(dx), per_run)
+        per_run, runs = row_runs(rows, length, BLOCK_VECTORS, BLOCK_VECTORS * lanes(dx))
         for task in prange(rows * runs):
             input_grad_run(task, runs, per_run, dyf, wc2, zeros, shape, dy_rows, stride, edge, valid, length, steps,
                            dxf, BLOCK_VECTORS)
     elif length >= NARROW * lanes(dx):
-        per_run = blocks_per_run(rows, length, NARROW, NARROW * lanes(dx))
-        runs = run_count(length, NARROW * lanes(dx), per_run)
+        per_run, runs = row_runs(rows, length, NARROW, NARROW * lanes(dx))
         for task in prange(rows * runs):
             input_grad_run(task, runs, per_run, dyf, wc2, zeros, shape, dy_rows, stride, edge, valid, length, steps,
                            dxf, NARROW)

@@ -156,10 +156,6 @@ def _index(context, builder, value, typ):
     return context.cast(builder, value, typ, types.intp)
 
 
-def _tuple(context, builder, typ, values):
-    return context.make_tuple(builder, typ, values)
-
-
 def _fmuladd(context, builder, vt):
     """llvm.fmuladd on Vector type vt: fused where the CPU has FMA, the same on every call."""
     vector = context.get_value_type(vt)
@@ -178,7 +174,8 @@ def _rows_from(typingctx, first, last, count):
     def codegen(context, builder, sig, args):
         start, end = _index(context, builder, args[0], first), _index(context, builder, args[1], last)
         rows = [builder.add(start, context.get_constant(types.intp, k)) for k in range(result.count)]
-        return _tuple(context, builder, result, [builder.select(builder.icmp_signed("<", r, end), r, end) for r in rows])
+        clamped = [builder.select(builder.icmp_signed("<", r, end), r, end) for r in rows]
+        return context.make_tuple(builder, result, clamped)
     return result(first, last, count), codegen
 
 
@@ -194,7 +191,7 @@ def _loads(typingctx, a, i, count):
                                                builder.add(start, context.get_constant(types.intp, k * vt.lanes)),
                                                vector), align=a.dtype.bitwidth // 8)
                   for k in range(result.count)]
-        return _tuple(context, builder, result, values)
+        return context.make_tuple(builder, result, values)
     return result(a, i, count), codegen
 
 
@@ -211,7 +208,7 @@ def _row_splats(typingctx, a, rows, count):
             row = _index(context, builder, builder.extract_value(args[1], k), rows[k])
             scalar = builder.load(cgutils.get_item_pointer(context, builder, sig.args[0], array, [row]))
             values += [_broadcast(builder, scalar, vector)] * (result.count // len(rows))
-        return _tuple(context, builder, result, values)
+        return context.make_tuple(builder, result, values)
     return result(a, rows, count), codegen
 
 
@@ -230,7 +227,7 @@ def _outer_fma(typingctx, w, rows, t, u, sums):
             weight = _broadcast(builder, context.cast(builder, scalar, w.dtype, u.dtype.dtype), vector)
             values += [builder.call(fmuladd, [weight, builder.extract_value(args[3], v),
                                               builder.extract_value(args[4], k * len(u) + v)]) for v in range(len(u))]
-        return _tuple(context, builder, sums, values)
+        return context.make_tuple(builder, sums, values)
     return sums(w, rows, t, u, sums), codegen
 
 
