@@ -302,9 +302,10 @@ def run_command(args):
 
 
 def main(argv=None):
+    from .interrupt import ctrl_c_outside_fragile_code
     try:
-        args = build_parser().parse_args(argv)
-        run_command(args)
+        with ctrl_c_outside_fragile_code():
+            run_command(build_parser().parse_args(argv))
     except FastLeNetError as e:
         if getattr(e, "reported", False):
             return 1
