@@ -3,6 +3,7 @@
 import numpy as np
 
 from .data import preprocess
+from .workloads import gathered
 
 
 def softmax(logits):
@@ -14,13 +15,21 @@ def softmax(logits):
 CHUNK = 256  # images per forward when predicting
 
 
-def predict_proba(model, images, chunk=CHUNK):
+def predict_proba(model, images, chunk=CHUNK, *, indices=None):
     """uint8 images (N, 28, 28) -> class probabilities (N, 10), preprocessed as the
-    model's weights expect, `chunk` images at a time so memory stays bounded whatever N."""
-    probs = np.empty((len(images), 10), np.float64)
-    for start in range(0, len(images), chunk):
-        batch = preprocess(images[start:start + chunk], model.dtype, model.normalize)
-        probs[start:start + chunk] = softmax(model.forward(batch))
+    model's weights expect, `chunk` images at a time so memory stays bounded whatever N.
+    With `indices`, those of images[indices], each chunk picked and preprocessed by the
+    trainer's batch kernel (the same values), with no copy of the whole subset."""
+    if indices is not None:
+        def batches(start):
+            return gathered(images, indices[start:start + chunk], model.dtype, model.normalize)
+    else:
+        def batches(start):
+            return preprocess(images[start:start + chunk], model.dtype, model.normalize)
+    count = len(images) if indices is None else len(indices)
+    probs = np.empty((count, 10), np.float64)
+    for start in range(0, count, chunk):
+        probs[start:start + chunk] = softmax(model.forward(batches(start)))
     return probs
 
 

@@ -29,7 +29,7 @@ def finish(trainer, run, compile_s):
     losses = np.array([m["loss"] for m in iters])
     test_probs = predict_proba(model, data.test_images)
     test = report(test_probs, data.test_labels)
-    train_probs = predict_proba(model, data.train_images[trainer.train_idx])
+    train_probs = predict_proba(model, data.train_images, indices=trainer.train_idx)
     figures(run.path, iters, evals, test, data, test_probs, named(data.dataset).classes)
     train_seconds = float(sum(trainer.epoch_seconds))
     summary = {

@@ -14,6 +14,7 @@ imports the trainer.
 import fcntl
 import json
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -174,22 +175,42 @@ class RunDir:
 
 
 class MetricsFile:
-    """Appends JSON records, one a line; an OSError (a full disk) names the file."""
+    """Appends JSON records, one a line; an OSError (a full disk) names the file.
+
+    A step's record waits in memory and goes out with the others of up to FLUSH_S:
+    encoded and written right after a step, whose kernels have just emptied the
+    caches, each cost ~80 us, ten times what it costs in a batch. Any other record
+    (validation, epoch, threads) writes what waits, as does `flush`, which the
+    trainer calls before each checkpoint: a resume keeps the records up to its
+    checkpoint, and those are always on disk by then."""
+
+    FLUSH_S = 1.0
 
     def __init__(self, path):
         self.path = path
-        self._file = None if path is None else open(path, "a", buffering=1)
+        self._file = None if path is None else open(path, "a")
+        self._waiting, self._written_at = [], time.monotonic()
 
     def __call__(self, entry):
         if self._file is None:
             return
+        self._waiting.append(entry)
+        if entry["type"] != "iter" or time.monotonic() - self._written_at >= self.FLUSH_S:
+            self.flush()
+
+    def flush(self):
+        if self._file is None:
+            return
+        waiting, self._waiting, self._written_at = self._waiting, [], time.monotonic()
         try:
-            self._file.write(json_text(entry) + "\n")
+            self._file.write("".join(json_text(e) + "\n" for e in waiting))
+            self._file.flush()
         except OSError as e:
             raise write_error(e, self.path) from None
 
     def close(self):
         if self._file is not None:
+            self.flush()
             try:
                 self._file.close()
             except OSError as e:

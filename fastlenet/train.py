@@ -101,6 +101,11 @@ class Trainer:
         state.update({k: getattr(self, k) for k in self.POSITION + self.TIMINGS}, config=self.config.to_dict())
         self.run_dir.save_checkpoint(tensors, state, model_metadata(self.model))
 
+    def checkpoint(self, metrics):
+        """A checkpoint, the records up to it on disk first: a resume keeps exactly those."""
+        metrics.flush()
+        self.save_checkpoint()
+
     def load_checkpoint(self):
         tensors, state = self.run_dir.load_checkpoint()
         try:
@@ -165,10 +170,8 @@ class Trainer:
                 self.iteration, self.batch_in_epoch = self.iteration + 1, self.batch_in_epoch + 1
                 metrics({"type": "iter", "iteration": self.iteration, "epoch": self.epoch + 1,
                          "loss": loss, "lr": self.optimizer.lr, "time_s": step_s})
-                if bar:
-                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / seen:.2%}", img_s=f"{seen / train_time:,.0f}",
-                                    refresh=False)
-                    bar.update()
+                if bar and bar.update():  # tqdm redrew the line (~10 times a second): the figures go there
+                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / seen:.2%}", img_s=f"{seen / train_time:,.0f}")
                 self.between_steps(metrics, stop, stopping)
                 if self.sharing and self.sharing.due():
                     self.sharing.look(metrics, self.iteration)
@@ -183,7 +186,7 @@ class Trainer:
                      "compute_seconds": self.compute_s, "wall_seconds": wall})
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             self.epoch_rng_state = self.rng.bit_generator.state
-            self.save_checkpoint()
+            self.checkpoint(metrics)
 
     def between_steps(self, metrics, stop, stopping):
         """Validation and checkpoints within an epoch, and a stop when asked."""
@@ -191,10 +194,10 @@ class Trainer:
         if self.iteration % cfg.eval_every == 0 and not end_of_epoch:
             self.record_validation(metrics)
         if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0 and not end_of_epoch:
-            self.save_checkpoint()
+            self.checkpoint(metrics)
         # ranks stop together, on the flag they exchanged; a single process as soon as it is asked
         if stopping if self.exchange else stop.signal:
-            self.save_checkpoint()
+            self.checkpoint(metrics)
             raise TrainingStopped(f"stopped by {stop.signal or 'another rank'} at iteration {self.iteration}; "
                                   f"checkpoint saved. Resume with: fastlenet train --resume {self.run_dir.path}",
                                   exit_code=130)
@@ -233,7 +236,7 @@ class Trainer:
     def record_validation(self, metrics):
         if not len(self.val_idx) or self.comm.rank != 0:
             return
-        probs = predict_proba(self.evaluated_model(), self.data.train_images[self.val_idx])
+        probs = predict_proba(self.evaluated_model(), self.data.train_images, indices=self.val_idx)
         accuracy = float((probs.argmax(axis=1) == self.data.train_labels[self.val_idx]).mean())
         metrics({"type": "eval", "iteration": self.iteration, "epoch": self.epoch + 1, "val_accuracy": accuracy})
 
@@ -294,7 +297,7 @@ def warm_up(trainer, eval_sizes):
                 forward_backward(model, loss, *trainer.inputs(trainer.train_idx[:b], 0, distorted))
             optimizer.step()
         for n in sorted(set(eval_sizes) - {0}):
-            predict_proba(model, trainer.data.train_images[:n])
+            predict_proba(model, trainer.data.train_images, indices=trainer.train_idx[:n])
 
     if trainer.comm.size == 1 and cfg.backend == "fast":
         compile_ahead(workload, processes=min(trainer.threads.get("numba", 1), os.cpu_count() or 1))

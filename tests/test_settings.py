@@ -288,9 +288,31 @@ def test_a_torn_line_inside_metrics_is_an_error(tmp_path):
 
 
 def test_a_full_disk_names_the_file():
+    metrics = MetricsFile(Path("/dev/full"))
+    metrics({"type": "iter"})  # waits in memory
     with pytest.raises(OSError) as caught:
-        MetricsFile(Path("/dev/full"))({"type": "iter"})
+        metrics({"type": "eval"})
     assert caught.value.filename == "/dev/full" and "No space left" in str(caught.value)
+
+
+def test_step_records_wait_until_another_record_a_flush_or_flush_s(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    lines = lambda: [json.loads(line)["iteration"] for line in path.read_text().splitlines()]  # noqa: E731
+    with MetricsFile(path) as metrics:
+        metrics({"type": "iter", "iteration": 1})
+        metrics({"type": "iter", "iteration": 2})
+        assert lines() == []
+        metrics({"type": "eval", "iteration": 2})
+        assert lines() == [1, 2, 2]
+        metrics({"type": "iter", "iteration": 3})
+        metrics.flush()
+        assert lines() == [1, 2, 2, 3]
+        monkeypatch.setattr(MetricsFile, "FLUSH_S", 0.0)
+        metrics({"type": "iter", "iteration": 4})
+        assert lines() == [1, 2, 2, 3, 4]
+        monkeypatch.setattr(MetricsFile, "FLUSH_S", 60.0)
+        metrics({"type": "iter", "iteration": 5})
+    assert lines() == [1, 2, 2, 3, 4, 5]  # closing writes what waits
 
 
 def test_ctrl_c_while_starting_is_one_line(tmp_path):

@@ -258,6 +258,15 @@ def test_ema_run_saves_and_tests_the_average(tmp_path):
     assert summary["test_accuracy"] == (predict_proba(model, DATA.test_images).argmax(1) == DATA.test_labels).mean()
 
 
+@pytest.mark.parametrize("dtype, normalize", [(np.float32, False), (np.float64, True)])
+def test_predicting_a_subset_by_indices_is_predicting_its_copy(dtype, normalize):
+    model = LeNet5("fast", dtype, seed=3)
+    model.normalize = normalize
+    indices = np.random.default_rng(0).permutation(len(DATA.train_images))[:300]  # a whole chunk and a ragged one
+    np.testing.assert_array_equal(predict_proba(model, DATA.train_images, indices=indices),
+                                  predict_proba(model, DATA.train_images[indices]))
+
+
 def test_ema_decay_must_be_below_one():
     with pytest.raises(ConfigError, match=r"--ema must be >= 0.0 and < 1.0, got 1.0"):
         TrainConfig(ema=1.0).check()
