@@ -6,10 +6,11 @@ from .kernels.softmax import softmax_cross_entropy
 
 
 class SoftmaxCrossEntropy:
-    """forward(logits (N, K), labels (N,) ints) -> mean loss; backward() -> dlogits (N, K)."""
+    """forward(logits (N, K), labels (N,) ints) -> mean loss; backward() -> dlogits (N, K).
+    After forward, `predicted` (N,) is each row's class: logits.argmax(axis=1)."""
 
     def __init__(self):
-        self._probs = None
+        self._probs, self.predicted = None, None
 
     def forward(self, logits, labels):
         if not isinstance(logits, np.ndarray) or logits.dtype not in (np.float32, np.float64):
@@ -27,7 +28,9 @@ class SoftmaxCrossEntropy:
         logits = np.ascontiguousarray(logits)  # a fast Linear's batch-innermost output: one layout, one compiled kernel
         self._probs = np.empty_like(logits)
         self._labels = labels
-        return softmax_cross_entropy(logits, labels, self._probs) / n if n else float("nan")
+        self.predicted = np.empty(n, np.int64)
+        total = softmax_cross_entropy(logits, labels, self._probs, self.predicted)
+        return total / n if n else float("nan")
 
     def backward(self):
         if self._probs is None:

@@ -217,9 +217,9 @@ class Trainer:
         if len(mine):
             x, y = self.inputs(idx, self.iteration, self.epoch < distorted_epochs(self.config))
             start = time.perf_counter()
-            loss, logits = forward_backward(self.model, self.loss, x, y)
+            loss, _ = forward_backward(self.model, self.loss, x, y)
             self.compute_s += time.perf_counter() - start
-            correct = int((logits.argmax(axis=1) == y).sum())
+            correct = int(np.count_nonzero(self.loss.predicted == y))
         else:  # a last batch smaller than the number of ranks
             loss, correct = 0.0, 0
             for p in self.model.params:

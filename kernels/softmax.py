@@ -7,18 +7,23 @@ from .jit import kernel
 
 
 @kernel()
-def softmax_cross_entropy(logits, labels, probs):
-    """probs[i] = softmax(logits[i]); returns sum over i of -log probs[i, labels[i]]
-    (float64). log-sum-exp around each row's maximum: exp never overflows and
-    log never sees 0, so logits of magnitude 1e4 give a finite loss.
+def softmax_cross_entropy(logits, labels, probs, predicted):
+    """probs[i] = softmax(logits[i]) and predicted[i] = the index of its largest
+    logit (the first if tied, as np.argmax); returns the sum over i of
+    -log probs[i, labels[i]] (float64). log-sum-exp around each row's maximum:
+    exp never overflows and log never sees 0, so logits of magnitude 1e4 give a
+    finite loss.
 
-    logits, probs: (N, K); labels: (N,) in [0, K), checked by the caller.
+    logits, probs: (N, K); labels, predicted: (N,); labels in [0, K), checked by the caller.
     """
     n, k = logits.shape
     total = 0.0
     for i in range(n):
         row, p = logits[i], probs[i]
-        top = row.max()
+        top, best = row[0], 0
+        for j in range(1, k):
+            if row[j] > top:
+                top, best = row[j], j
         norm = 0.0
         for j in range(k):
             norm += np.exp(row[j] - top)
@@ -26,4 +31,5 @@ def softmax_cross_entropy(logits, labels, probs):
         for j in range(k):
             p[j] = np.exp(row[j] - top - log_norm)
         total += log_norm - (row[labels[i]] - top)
+        predicted[i] = best
     return total

@@ -136,12 +136,14 @@ def test_softmax_cross_entropy_is_the_log_sum_exp_formula(kernel, dtype):
     rng = np.random.default_rng(3)
     logits = (rng.standard_normal((7, 10)) * 5).astype(dtype)
     logits[0] = [1e4, -1e4, 0, 0, 0, 0, 0, 0, 0, 3e3]  # exp would overflow without the shift
+    logits[1] = [2, 7, 0, 7, 0, 0, 0, 0, 0, 0]  # a tie: argmax takes the first
     labels = rng.integers(0, 10, 7).astype(np.uint8)
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    probs = np.full_like(logits, np.nan)
-    total = kernel(logits, labels, probs)
+    probs, predicted = np.full_like(logits, np.nan), np.full(7, -1)
+    total = kernel(logits, labels, probs, predicted)
     assert probs.dtype == dtype and np.isfinite(total)
+    np.testing.assert_array_equal(predicted, logits.argmax(axis=1))
     tol = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(probs, np.exp(log_probs), rtol=tol, atol=tol)
     assert total == pytest.approx(-log_probs[np.arange(7), labels].sum(), rel=tol)
@@ -202,7 +204,7 @@ BAD_CALLS = [  # (entry point, arguments, what the one line must say)
      "maxpool2x2_forward: argmax must be int32, got int64"),
     ("maxpool_backward", lambda: (_f32(2, 3, 4), np.zeros((2, 3, 4, 4), np.int32), _f32(2, 3, 8, 8)),
      "maxpool_backward: dy must be 4-D (N, C, OH, OW), got shape (2, 3, 4)"),
-    ("softmax_cross_entropy", lambda: ([[0.0] * 10], np.zeros(1, np.int64), _f32(1, 10)),
+    ("softmax_cross_entropy", lambda: ([[0.0] * 10], np.zeros(1, np.int64), _f32(1, 10), np.zeros(1, np.int64)),
      "softmax_cross_entropy: logits must be a NumPy array, got list"),
     ("interleave", lambda: (_f32(2, 1, 4, 4), _f32(1, 4, 4, 2)[..., :1]), "interleave: out has N = 1, x has N = 2"),
     ("interleave", lambda: (_f32(2, 1, 4, 4),), "interleave: takes 2 arguments (x, out), got 1"),
