@@ -222,7 +222,8 @@ class MaxPool2D(PoolSpec):
     - "direct": Numba kernels over the input's planes, any window and stride,
       and LeNet's 2x2 windows at stride 2 specialised, also for a batch-innermost
       input (a large batch's direct convolution output), whose output then
-      stays batch-innermost. The argmax is a flat index in the plane.
+      stays batch-innermost. The argmax is a flat index in the plane, or for a
+      batch-innermost input the place in the 2x2 window, in one byte.
     - "im2col": the as_strided view of every window (no copy), a Numba max
       and argmax (the place in the window) over it, and a scatter back; output
       and gradient keep the input's memory order (the im2col convolution's
@@ -243,7 +244,7 @@ class MaxPool2D(PoolSpec):
         two_by_two = self.kernel_size == self.stride == (2, 2)
         self._interleaved = two_by_two and order(x) == BATCH_INNERMOST
         if self._interleaved:
-            y, self._argmax = aligned_empty((c, oh, ow, n), x.dtype), aligned_empty((c, oh, ow, n), np.int32)
+            y, self._argmax = aligned_empty((c, oh, ow, n), x.dtype), aligned_empty((c, oh, ow, n), np.int8)
             maxpool2x2_forward_interleaved(x.transpose(1, 2, 3, 0), y, self._argmax)
             return y.transpose(3, 0, 1, 2)  # (C, OH, OW, N) -> (N, C, OH, OW) view
         y, self._argmax = aligned_empty((n, c, oh, ow), x.dtype), aligned_empty((n, c, oh, ow), np.int32)

@@ -47,11 +47,11 @@ SPECS = {  # kernel -> its arguments (see checked.py)
     pool.maxpool_forward: "x:float[N C H W], kh, kw, sh, sw, out:float[N C OH OW]:out, argmax:int32[N C OH OW]:out",
     pool.maxpool_backward: "dy:float[N C OH OW], argmax:int32[N C OH OW], out:float[N C H W]:c:out",
     pool.maxpool2x2_forward: "x:float[N C H W], out:float[N C OH OW]:out, argmax:int32[N C OH OW]:out",
-    pool.maxpool2x2_forward_interleaved: "x:float[C H W N], out:float[C OH OW N]:out, argmax:int32[C OH OW N]:out",
+    pool.maxpool2x2_forward_interleaved: "x:float[C H W N], out:float[C OH OW N]:out, argmax:int8[C OH OW N]:out",
     pool.window_max: "windows:float[N C OH OW KH KW], out:float[N C OH OW]:out, argmax:int32[N C OH OW]:out",
     pool.window_scatter: "dy:float[N C OH OW], argmax:int32[N C OH OW], kh, kw, stride_h, stride_w, "
                          "out:float[N C H W]:out",
-    pool.maxpool2x2_backward_interleaved: "dy:float[C OH OW N], argmax:int32[C OH OW N], out:float[C H W N]:out",
+    pool.maxpool2x2_backward_interleaved: "dy:float[C OH OW N], argmax:int8[C OH OW N], out:float[C H W N]:out",
     relu.relu_forward: "x:float[S]:c, out:float[S]:c:out, mask:bool[S]:c:out",
     relu.relu_backward: "dy:float[S], mask:bool[S], dx:float[S]:out",
     softmax.softmax_cross_entropy: "logits:float[N K], labels:int[N], probs:float[N K]:out, predicted:int64[N]:out",

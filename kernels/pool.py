@@ -79,27 +79,27 @@ def maxpool2x2_forward(x, out, argmax):
 def maxpool2x2_forward_interleaved(x, out, argmax):
     """maxpool2x2_forward with the batch innermost, as the interleaved convolution
     layout leaves a large batch: the loop over images is unit-stride and
-    vectorises. x: (C, H, W, N); out, argmax: (C, OH, OW, N), argmax the flat
-    index in the plane as before, the first maximum winning a tie."""
+    vectorises. x: (C, H, W, N); out, argmax: (C, OH, OW, N), argmax int8, the
+    maximum's place in its window (2 * row + column, as window_max), the first
+    maximum winning a tie: a quarter of an int32 flat index's memory, which the
+    forward writes and the backward reads once each."""
     c, oh, ow, n = out.shape
-    width = x.shape[2]
     for task in prange(c * oh):
         ch, i = task // oh, task % oh
         top, bottom = x[ch, 2 * i], x[ch, 2 * i + 1]
         for j in range(ow):
             p00, p01, p10, p11 = top[2 * j], top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1]
             best_row, where_row = out[ch, i, j], argmax[ch, i, j]
-            corner = 2 * i * width + 2 * j
             for img in range(n):
-                best, where = p00[img], 0
+                best, where = p00[img], np.int8(0)
                 if p01[img] > best:
-                    best, where = p01[img], 1
+                    best, where = p01[img], np.int8(1)
                 if p10[img] > best:
-                    best, where = p10[img], width
+                    best, where = p10[img], np.int8(2)
                 if p11[img] > best:
-                    best, where = p11[img], width + 1
+                    best, where = p11[img], np.int8(3)
                 best_row[img] = best
-                where_row[img] = corner + where
+                where_row[img] = where
 
 
 @kernel(parallel=True)
@@ -107,7 +107,8 @@ def maxpool2x2_backward_interleaved(dy, argmax, out):
     """maxpool_backward for 2x2 windows at stride 2 with the batch innermost. The
     windows do not overlap, so each input pixel gathers from its one window
     (a select per image, which vectorises, instead of a scatter).
-    dy, argmax: (C, OH, OW, N); out: (C, H, W, N), overwritten."""
+    dy, argmax: (C, OH, OW, N), argmax as maxpool2x2_forward_interleaved's;
+    out: (C, H, W, N), overwritten."""
     c, h, w, n = out.shape
     oh, ow = dy.shape[1], dy.shape[2]
     zero = out.dtype.type(0)
@@ -118,10 +119,10 @@ def maxpool2x2_backward_interleaved(dy, argmax, out):
             if r >= 2 * oh or col >= 2 * ow:  # the ragged edge no window covers
                 target[:] = 0
                 continue
-            g, where, index = dy[ch, r // 2, col // 2], argmax[ch, r // 2, col // 2], r * w + col
+            g, where = dy[ch, r // 2, col // 2], argmax[ch, r // 2, col // 2]
+            place = np.int8(2 * (r % 2) + col % 2)
             for img in range(n):
-                target[img] = g[img] if where[img] == index else zero
-
+                target[img] = g[img] if where[img] == place else zero
 
 
 @kernel(parallel=True)
