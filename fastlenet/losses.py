@@ -6,11 +6,12 @@ from .kernels.softmax import softmax_cross_entropy
 
 
 class SoftmaxCrossEntropy:
-    """forward(logits (N, K), labels (N,) ints) -> mean loss; backward() -> dlogits (N, K).
+    """forward(logits (N, K), labels (N,) ints) -> mean loss; backward() -> dlogits (N, K),
+    computed by the forward's pass (the same array for every backward of one forward).
     After forward, `predicted` (N,) is each row's class: logits.argmax(axis=1)."""
 
     def __init__(self):
-        self._probs, self.predicted = None, None
+        self._grad, self.predicted = None, None
 
     def forward(self, logits, labels):
         if not isinstance(logits, np.ndarray) or logits.dtype not in (np.float32, np.float64):
@@ -26,17 +27,11 @@ class SoftmaxCrossEntropy:
         if n and (labels.min() < 0 or labels.max() >= k):
             raise ValueError(f"SoftmaxCrossEntropy: labels must lie in [0, {k}), got {labels.min()}..{labels.max()}")
         logits = np.ascontiguousarray(logits)  # a fast Linear's batch-innermost output: one layout, one compiled kernel
-        self._probs = np.empty_like(logits)
-        self._labels = labels
-        self.predicted = np.empty(n, np.int64)
-        total = softmax_cross_entropy(logits, labels, self._probs, self.predicted)
+        self._grad, self.predicted = np.empty_like(logits), np.empty(n, np.int64)
+        total = softmax_cross_entropy(logits, labels, self._grad, self.predicted)
         return total / n if n else float("nan")
 
     def backward(self):
-        if self._probs is None:
+        if self._grad is None:
             raise RuntimeError("SoftmaxCrossEntropy: backward called before forward")
-        n = self._probs.shape[0]
-        dlogits = self._probs.copy()
-        dlogits[np.arange(n), self._labels] -= 1
-        dlogits /= n
-        return dlogits
+        return self._grad

@@ -54,7 +54,7 @@ SPECS = {  # kernel -> its arguments (see checked.py)
     pool.maxpool2x2_backward_interleaved: "dy:float[C OH OW N], argmax:int8[C OH OW N], out:float[C H W N]:out",
     relu.relu_forward: "x:float[S]:c, out:float[S]:c:out, mask:bool[S]:c:out",
     relu.relu_backward: "dy:float[S], mask:bool[S], dx:float[S]:out",
-    softmax.softmax_cross_entropy: "logits:float[N K], labels:int[N], probs:float[N K]:out, predicted:int64[N]:out",
+    softmax.softmax_cross_entropy: "logits:float[N K], labels:int[N], grad:float[N K]:out, predicted:int64[N]:out",
     warp.affine_warp: "x:float[N C H W], inverse:float64[N TWO THREE], fill, out:float[N C OH OW]:out",
 }
 globals().update({kernel.__name__: entry(kernel, spec) for kernel, spec in SPECS.items()})

@@ -7,19 +7,20 @@ from .jit import kernel
 
 
 @kernel()
-def softmax_cross_entropy(logits, labels, probs, predicted):
-    """probs[i] = softmax(logits[i]) and predicted[i] = the index of its largest
-    logit (the first if tied, as np.argmax); returns the sum over i of
-    -log probs[i, labels[i]] (float64). log-sum-exp around each row's maximum:
-    exp never overflows and log never sees 0, so logits of magnitude 1e4 give a
-    finite loss.
+def softmax_cross_entropy(logits, labels, grad, predicted):
+    """The loss and its gradient in one pass per row: returns the sum over i of
+    -log softmax(logits[i])[labels[i]] (float64); grad[i] = (softmax(logits[i])
+    - onehot(labels[i])) / N, the mean loss's gradient, and predicted[i] = the
+    index of the row's largest logit (the first if tied, as np.argmax).
+    log-sum-exp around each row's maximum: exp never overflows and log never
+    sees 0, so logits of magnitude 1e4 give a finite loss.
 
-    logits, probs: (N, K); labels, predicted: (N,); labels in [0, K), checked by the caller.
+    logits, grad: (N, K); labels, predicted: (N,); labels in [0, K), checked by the caller.
     """
     n, k = logits.shape
     total = 0.0
     for i in range(n):
-        row, p = logits[i], probs[i]
+        row, g = logits[i], grad[i]
         top, best = row[0], 0
         for j in range(1, k):
             if row[j] > top:
@@ -27,9 +28,11 @@ def softmax_cross_entropy(logits, labels, probs, predicted):
         norm = 0.0
         for j in range(k):
             norm += np.exp(row[j] - top)
+        one, count = row.dtype.type(1), row.dtype.type(n)
         log_norm = row.dtype.type(np.log(norm))
         for j in range(k):
-            p[j] = np.exp(row[j] - top - log_norm)
+            g[j] = np.exp(row[j] - top - log_norm)  # the probability, rounded to the dtype first
+            g[j] = ((g[j] - one) if j == labels[i] else g[j]) / count
         total += log_norm - (row[labels[i]] - top)
         predicted[i] = best
     return total

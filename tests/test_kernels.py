@@ -141,12 +141,12 @@ def test_softmax_cross_entropy_is_the_log_sum_exp_formula(kernel, dtype):
     labels = rng.integers(0, 10, 7).astype(np.uint8)
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    probs, predicted = np.full_like(logits, np.nan), np.full(7, -1)
-    total = kernel(logits, labels, probs, predicted)
-    assert probs.dtype == dtype and np.isfinite(total)
+    grad, predicted = np.full_like(logits, np.nan), np.full(7, -1)
+    total = kernel(logits, labels, grad, predicted)
+    assert grad.dtype == dtype and np.isfinite(total)
     np.testing.assert_array_equal(predicted, logits.argmax(axis=1))
     tol = 1e-12 if dtype == np.float64 else 1e-5
-    np.testing.assert_allclose(probs, np.exp(log_probs), rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad, (np.exp(log_probs) - np.eye(10)[labels]) / 7, rtol=tol, atol=tol)
     assert total == pytest.approx(-log_probs[np.arange(7), labels].sum(), rel=tol)
 
 
