@@ -20,16 +20,14 @@ def predict_proba(model, images, chunk=CHUNK, *, indices=None):
     model's weights expect, `chunk` images at a time so memory stays bounded whatever N.
     With `indices`, those of images[indices], each chunk picked and preprocessed by the
     trainer's batch kernel (the same values), with no copy of the whole subset."""
-    if indices is not None:
-        def batches(start):
-            return gathered(images, indices[start:start + chunk], model.dtype, model.normalize)
-    else:
-        def batches(start):
-            return preprocess(images[start:start + chunk], model.dtype, model.normalize)
     count = len(images) if indices is None else len(indices)
     probs = np.empty((count, 10), np.float64)
     for start in range(0, count, chunk):
-        probs[start:start + chunk] = softmax(model.forward(batches(start)))
+        if indices is None:
+            batch = preprocess(images[start:start + chunk], model.dtype, model.normalize)
+        else:
+            batch = gathered(images, indices[start:start + chunk], model.dtype, model.normalize)
+        probs[start:start + chunk] = softmax(model.forward(batch))
     return probs
 
 
