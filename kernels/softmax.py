@@ -18,6 +18,7 @@ def softmax_cross_entropy(logits, labels, grad, predicted):
     logits, grad: (N, K); labels, predicted: (N,); labels in [0, K), checked by the caller.
     """
     n, k = logits.shape
+    one, count = logits.dtype.type(1), logits.dtype.type(n)
     total = 0.0
     for i in range(n):
         row, g = logits[i], grad[i]
@@ -28,7 +29,6 @@ def softmax_cross_entropy(logits, labels, grad, predicted):
         norm = 0.0
         for j in range(k):
             norm += np.exp(row[j] - top)
-        one, count = row.dtype.type(1), row.dtype.type(n)
         log_norm = row.dtype.type(np.log(norm))
         for j in range(k):
             g[j] = np.exp(row[j] - top - log_norm)  # the probability, rounded to the dtype first
